@@ -1,0 +1,25 @@
+// Argument checks shared by the CPU and CUDA entry points of every op: each failure names the op
+// and the offending value. Checks that need the tensor's values (ids, probabilities) live in the
+// device files, because on CUDA they must not sync.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "kernels/kernels.h"
+
+namespace edlm {
+
+cpu::LogitsType logits_type(const char* op, const at::Tensor& logits);
+
+void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t mask_id,
+                         int64_t num_samples, double temperature, double reveal_prob,
+                         const std::optional<at::Tensor>& reveal_prob_rows);
+
+void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,
+                            const std::optional<at::Tensor>& weight);
+
+void check_importance_resample(const at::Tensor& log_weights, int64_t num_samples);
+
+}  // namespace edlm

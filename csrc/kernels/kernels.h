@@ -1,0 +1,79 @@
+// Parameters and entry points of the vectorized CPU kernels. Each kernel file under csrc/kernels/
+// is compiled once per instruction set (DEFAULT, AVX2) into namespace edlm::cpu::<ISA>, and
+// csrc/cpu_capability.cpp picks one at run time, as ATen's DispatchStub does.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace edlm::cpu {
+
+enum class LogitsType { kFloat, kBFloat16, kHalf };
+
+// First failure seen by a kernel thread; the host turns it into an error naming the op. Kernel
+// files never throw, so that no c10 formatting code is instantiated per instruction set.
+struct KernelStatus {
+  enum Code : int { kOk = 0, kNonFinite = 1, kAllNegInf = 2 };
+  std::atomic<int> code{kOk};
+  std::atomic<int64_t> where{-1};  // flat [B*L] position of the failure
+  void fail(int c, int64_t pos) {
+    int expected = kOk;
+    if (code.compare_exchange_strong(expected, c)) where.store(pos);
+  }
+};
+
+struct MaskedSampleParams {
+  const void* logits;  // [B, L, V] contiguous
+  LogitsType dtype;
+  int64_t B, L, V, K;
+  const int64_t* xt;             // [B, L]
+  const int64_t* masked;         // flat b * L + l of every masked position, ascending
+  int64_t num_masked;
+  const int64_t* block_begin;    // [num_blocks] column blocks [begin, end) that tile the
+  const int64_t* block_end;      //   vocabulary without the mask column
+  int64_t num_blocks;
+  int64_t max_block;             // longest block
+  int64_t mask_id;
+  float inv_temperature;
+  double reveal_prob;            // used when reveal_prob_rows is null
+  const float* reveal_prob_rows; // [B] or null
+  uint64_t key;
+  int64_t* tokens;  // [B, K, L]
+  float* logp;      // [B, K, L]
+  KernelStatus* status;
+};
+
+struct SequenceLogprobParams {
+  const void* logits;  // [N, L, V] contiguous
+  LogitsType dtype;
+  int64_t N, L, V;
+  const int64_t* tokens;  // [N, L]
+  const double* weight;   // [N, L]
+  double* terms;          // [N, L] out: weight * log_softmax(logits)[token]; 0 where weight == 0
+};
+
+#define EDLM_DECLARE_CPU_KERNELS(ISA)                            \
+  namespace ISA {                                                \
+  void masked_sample(const MaskedSampleParams& p);               \
+  void sequence_logprob(const SequenceLogprobParams& p);         \
+  const char* name();                                            \
+  }
+
+EDLM_DECLARE_CPU_KERNELS(DEFAULT)
+EDLM_DECLARE_CPU_KERNELS(AVX2)
+#undef EDLM_DECLARE_CPU_KERNELS
+
+// The instruction set the kernels run with: "avx2" where the CPU has AVX2 and FMA, else "default";
+// the environment variable EDLM_CPU_CAPABILITY=default|avx2 overrides (read at every call).
+enum class Isa { kDefault, kAvx2 };
+Isa active_isa();
+const char* isa_name(Isa isa);
+
+inline void masked_sample_dispatch(const MaskedSampleParams& p) {
+  active_isa() == Isa::kAvx2 ? AVX2::masked_sample(p) : DEFAULT::masked_sample(p);
+}
+inline void sequence_logprob_dispatch(const SequenceLogprobParams& p) {
+  active_isa() == Isa::kAvx2 ? AVX2::sequence_logprob(p) : DEFAULT::sequence_logprob(p);
+}
+
+}  // namespace edlm::cpu

@@ -1,0 +1,195 @@
+// Vectorized building blocks shared by the per-instruction-set kernel files. Everything here lives
+// in namespace edlm::cpu::CPU_CAPABILITY, so each instruction set gets its own copy.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "kernels.h"
+
+namespace edlm::cpu::CPU_CAPABILITY {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+template <typename T>
+inline Vec load_vec(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec::loadu(p);
+  } else {
+    Vec out;
+    at::vec::load_to_float<T>(p, out);
+    return out;
+  }
+}
+
+// The last partial vector of a range, padded with -inf (exp(-inf) = 0, max ignores it).
+template <typename T>
+inline Vec load_tail(const T* p, int64_t n) {
+  alignas(64) float buf[kLanes];
+  for (int64_t i = 0; i < kLanes; ++i) buf[i] = i < n ? static_cast<float>(p[i]) : kNegInf;
+  return Vec::loadu(buf);
+}
+
+inline float reduce_max(const Vec& v) {
+  alignas(64) float buf[kLanes];
+  v.store(buf);
+  float m = buf[0];
+  for (int64_t i = 1; i < kLanes; ++i) m = (std::isnan(buf[i]) || buf[i] > m) ? buf[i] : m;
+  return m;
+}
+
+inline double reduce_sum_double(const Vec& v) {
+  alignas(64) float buf[kLanes];
+  v.store(buf);
+  double s = 0.0;
+  for (int64_t i = 0; i < kLanes; ++i) s += buf[i];
+  return s;
+}
+
+// max(x[0..n)), NaN if any element is NaN.
+template <typename T>
+inline float block_max(const T* x, int64_t n) {
+  Vec acc0(kNegInf), acc1(kNegInf);
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    acc0 = at::vec::maximum(acc0, load_vec(x + i));
+    acc1 = at::vec::maximum(acc1, load_vec(x + i + kLanes));
+  }
+  for (; i + kLanes <= n; i += kLanes) acc0 = at::vec::maximum(acc0, load_vec(x + i));
+  if (i < n) acc1 = at::vec::maximum(acc1, load_tail(x + i, n - i));
+  return reduce_max(at::vec::maximum(acc0, acc1));
+}
+
+// out[i] = exp((x[i] - m) * inv_t) in fp32; the same values every time for the same range.
+// exp_u20 (about 2e-6 relative error; 0 below exp(-87.3)) is several times faster than Sleef's
+// 1-ulp exp, and these values only weight draws and log-sum-exps accumulated in fp64.
+template <typename T>
+inline void block_exp(const T* x, int64_t n, float m, float inv_t, float* out) {
+  const Vec vm(m), vt(inv_t);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) ((load_vec(x + i) - vm) * vt).exp_u20().store(out + i);
+  if (i < n) ((load_tail(x + i, n - i) - vm) * vt).exp_u20().store(out + i, static_cast<int>(n - i));
+}
+
+// sum(exp((x[i] - m) * inv_t)) with fp32 lanes, for blocks of a few thousand elements at most.
+template <typename T>
+inline double block_exp_sum(const T* x, int64_t n, float m, float inv_t) {
+  const Vec vm(m), vt(inv_t);
+  Vec acc0(0.f), acc1(0.f);
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    acc0 = acc0 + ((load_vec(x + i) - vm) * vt).exp_u20();
+    acc1 = acc1 + ((load_vec(x + i + kLanes) - vm) * vt).exp_u20();
+  }
+  for (; i + kLanes <= n; i += kLanes) acc0 = acc0 + ((load_vec(x + i) - vm) * vt).exp_u20();
+  if (i < n) acc1 = acc1 + ((load_tail(x + i, n - i) - vm) * vt).exp_u20();
+  return reduce_sum_double(acc0 + acc1);
+}
+
+// One read of a block: its max and sum(exp((x[i] - ref) * inv_t)) against a reference that may be
+// below the block's max (the caller redoes the block if the gap could overflow fp32).
+template <typename T>
+inline void block_max_exp_sum(const T* x, int64_t n, float ref, float inv_t, float* max_out,
+                              double* sum_out) {
+  const Vec vr(ref), vt(inv_t);
+  Vec mx0(kNegInf), mx1(kNegInf), acc0(0.f), acc1(0.f);
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const Vec a = load_vec(x + i), b = load_vec(x + i + kLanes);
+    mx0 = at::vec::maximum(mx0, a);
+    mx1 = at::vec::maximum(mx1, b);
+    acc0 = acc0 + ((a - vr) * vt).exp_u20();
+    acc1 = acc1 + ((b - vr) * vt).exp_u20();
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec a = load_vec(x + i);
+    mx0 = at::vec::maximum(mx0, a);
+    acc0 = acc0 + ((a - vr) * vt).exp_u20();
+  }
+  if (i < n) {
+    const Vec a = load_tail(x + i, n - i);
+    mx1 = at::vec::maximum(mx1, a);
+    acc1 = acc1 + ((a - vr) * vt).exp_u20();
+  }
+  *max_out = reduce_max(at::vec::maximum(mx0, mx1));
+  *sum_out = reduce_sum_double(acc0 + acc1);
+}
+
+// Largest (x - ref) * inv_t a block may reach against its reference: exp(60) is far from fp32's
+// overflow, and 8 lanes of a few hundred such terms still fit.
+constexpr float kMaxExponent = 60.f;
+
+// Streams a row block by block (block c is [begin(c), end(c))), in one read of memory: for each
+// block, the reference it was exponentiated against (ref[c]), its max (max[c]) and
+// sum[c] = sum(exp((x - ref[c]) * inv_t)). Returns false if the row holds NaN or +inf.
+template <typename T, typename Range>
+inline bool stream_row(const T* row, int64_t num_blocks, Range range, float inv_t, float* ref,
+                       float* max, double* sum) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  float run = kNegInf;  // running reference: the largest block max so far
+  for (int64_t c = 0; c < num_blocks; ++c) {
+    const auto [lo, hi] = range(c);
+    const T* x = row + lo;
+    const int64_t n = hi - lo;
+    float m;
+    double s;
+    if (run == kNegInf) {
+      m = block_max(x, n);
+      s = (m == kNegInf || std::isnan(m) || m == kInf) ? 0.0 : block_exp_sum(x, n, m, inv_t);
+      ref[c] = m;
+    } else {
+      block_max_exp_sum(x, n, run, inv_t, &m, &s);
+      ref[c] = run;
+      if ((m - run) * inv_t > kMaxExponent && m != kInf) {
+        s = block_exp_sum(x, n, m, inv_t);
+        ref[c] = m;
+      }
+    }
+    if (std::isnan(m) || m == kInf) return false;
+    max[c] = m;
+    sum[c] = s;
+    run = std::max(run, m);
+  }
+  return true;
+}
+
+// Sum of n floats in double (four independent accumulators, so it vectorizes).
+inline double sum_double(const float* e, int64_t n) {
+  double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    a0 += e[i];
+    a1 += e[i + 1];
+    a2 += e[i + 2];
+    a3 += e[i + 3];
+  }
+  for (; i < n; ++i) a0 += e[i];
+  return (a0 + a1) + (a2 + a3);
+}
+
+// Calls f with the logits pointer cast to its element type.
+template <typename F>
+inline void with_logits_type(LogitsType t, const void* p, F&& f) {
+  switch (t) {
+    case LogitsType::kFloat:
+      f(static_cast<const float*>(p));
+      break;
+    case LogitsType::kBFloat16:
+      f(static_cast<const c10::BFloat16*>(p));
+      break;
+    case LogitsType::kHalf:
+      f(static_cast<const c10::Half*>(p));
+      break;
+  }
+}
+
+}  // namespace edlm::cpu::CPU_CAPABILITY

@@ -1,0 +1,183 @@
+"""The fused ops of edlm, as typed wrappers over torch.ops.edlm.* (registered by edlm._C).
+
+Kernels: C++ for the CPU (csrc/), CUDA where built (cuda/); the dispatcher picks by device.
+Each op has a plain PyTorch reference of the same name in `edlm.reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loading it registers torch.ops.edlm.*)
+
+__all__ = ["masked_sample", "sequence_logprob", "importance_resample", "cpu_capability"]
+
+
+def masked_sample(
+    logits: torch.Tensor,
+    xt: torch.Tensor,
+    mask_id: int,
+    *,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    reveal_prob: float | torch.Tensor = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw clean tokens for the masked positions of ``xt`` from the denoiser's logits.
+
+    The proposal draw of importance sampling (``reveal_prob=1``, K candidates) and the
+    masked-diffusion reverse step (``reveal_prob=(t - s) / t``) in one call.
+
+    Parameters
+    ----------
+    logits : Tensor [B, L, V], float32, bfloat16 or float16
+        Denoiser logits; V includes the mask token. The mask column is never drawn and its value
+        is ignored. Positions that are not drawn are never read.
+    xt : Tensor [B, L], int64
+        Current sequence; positions equal to ``mask_id`` are masked. Ids must lie in [0, V).
+    mask_id : int
+        Id of the mask token, in [0, V).
+    num_samples : int
+        K, the number of independent draws per row (candidates).
+    temperature : float
+        Tokens are drawn from ``softmax(logits / temperature)`` over the real tokens; > 0.
+    reveal_prob : float or Tensor [B] float32
+        Probability, in [0, 1], that a masked position is revealed (per row when a tensor).
+    generator : torch.Generator, optional
+        Source of randomness (default: the device's default generator). Each call draws one
+        seed from it; every draw is then Philox keyed by (row, sample, position), so a row's
+        output depends only on the seed, its row index and its own inputs, never on other rows.
+
+    Returns
+    -------
+    tokens : Tensor [B, K, L], int64
+        ``xt`` where unmasked (carry-over); a drawn token where revealed; ``mask_id`` where a
+        masked position was not revealed.
+    logp : Tensor [B, K, L], float32
+        Log-probability of each drawn token under ``softmax(logits / temperature)`` without the
+        mask column; 0 where nothing was drawn.
+
+    Sampling is exact inverse-CDF with 53-bit uniforms and fp64 cumulative masses, so tokens far
+    below 2^-24 of the top probability are drawn at their true rate. Reference:
+    `edlm.reference.masked_sample`.
+    """
+    if isinstance(reveal_prob, torch.Tensor):
+        return torch.ops.edlm.masked_sample(
+            logits,
+            xt,
+            mask_id,
+            num_samples=num_samples,
+            temperature=temperature,
+            reveal_prob=1.0,
+            reveal_prob_rows=reveal_prob,
+            generator=generator,
+        )
+    return torch.ops.edlm.masked_sample(
+        logits,
+        xt,
+        mask_id,
+        num_samples=num_samples,
+        temperature=temperature,
+        reveal_prob=float(reveal_prob),
+        generator=generator,
+    )
+
+
+def sequence_logprob(
+    logits: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted sum over positions of ``log_softmax(logits)[token]``, per sequence.
+
+    The batched energy reduction: AR log-likelihoods of K candidates, or a proposal's log-prob.
+
+    Parameters
+    ----------
+    logits : Tensor [N, L, V], float32, bfloat16 or float16
+        No [N, L, V] temporary is made; rows with weight 0 are never read.
+    tokens : Tensor [N, L], int64
+        Ids in [0, V) wherever the weight is nonzero (anything, e.g. padding, where it is 0).
+    weight : Tensor [N, L], bool or floating point, optional
+        Per-position weight (default all ones).
+
+    Returns
+    -------
+    Tensor [N], float32
+        ``sum_l weight[n, l] * log_softmax(logits[n, l])[tokens[n, l]]``, accumulated in fp64.
+        Reference: `edlm.reference.sequence_logprob`.
+    """
+    return torch.ops.edlm.sequence_logprob(logits, tokens, weight)
+
+
+def importance_resample(
+    log_weights: torch.Tensor,
+    *,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw candidate indices in proportion to ``exp(log_weights)``, per row, and the ESS.
+
+    Parameters
+    ----------
+    log_weights : Tensor [B, K], float32
+        Unnormalized log-weights; ``-inf`` is weight 0. A row may not be all ``-inf``; NaN and
+        ``+inf`` are errors.
+    num_samples : int
+        Draws per row, i.i.d. (with replacement).
+    generator : torch.Generator, optional
+        As in `masked_sample`: one seed per call, Philox keyed by (row, draw).
+
+    Returns
+    -------
+    index : Tensor [B, num_samples], int64
+        Draws from ``softmax(log_weights[b])``.
+    ess : Tensor [B], float32
+        Effective sample size ``1 / sum_k w_k^2`` of the normalized weights, in [1, K].
+        Reference: `edlm.reference.importance_resample`.
+    """
+    return torch.ops.edlm.importance_resample(
+        log_weights, num_samples=num_samples, generator=generator
+    )
+
+
+def cpu_capability() -> str:
+    """The instruction set the CPU kernels use: 'avx2' or 'default' (env EDLM_CPU_CAPABILITY)."""
+    return _C.cpu_capability()
+
+
+@torch.library.register_fake("edlm::masked_sample")
+def _masked_sample_fake(
+    logits,
+    xt,
+    mask_id,
+    *,
+    num_samples=1,
+    temperature=1.0,
+    reveal_prob=1.0,
+    reveal_prob_rows=None,
+    generator=None,
+):
+    torch._check(logits.dim() == 3, lambda: f"masked_sample: logits must be 3-D, got {logits.shape}")
+    B, L, _ = logits.shape
+    shape = (B, num_samples, L)
+    return (
+        logits.new_empty(shape, dtype=torch.int64),
+        logits.new_empty(shape, dtype=torch.float32),
+    )
+
+
+@torch.library.register_fake("edlm::sequence_logprob")
+def _sequence_logprob_fake(logits, tokens, weight=None):
+    torch._check(logits.dim() == 3, lambda: f"sequence_logprob: logits must be 3-D, got {logits.shape}")
+    return logits.new_empty((logits.shape[0],), dtype=torch.float32)
+
+
+@torch.library.register_fake("edlm::importance_resample")
+def _importance_resample_fake(log_weights, *, num_samples=1, generator=None):
+    torch._check(
+        log_weights.dim() == 2, lambda: f"importance_resample: log_weights must be 2-D, got {log_weights.shape}"
+    )
+    B = log_weights.shape[0]
+    return (
+        log_weights.new_empty((B, num_samples), dtype=torch.int64),
+        log_weights.new_empty((B,), dtype=torch.float32),
+    )
