@@ -1,0 +1,375 @@
+"""Tests of edlm.ops.masked_sample against edlm.reference: exact semantics, distribution
+(goodness of fit that a wrong temperature, sign, tail, mask draw or row mix-up fails),
+determinism, batch invariance, awkward sizes and bad input."""
+
+import math
+
+import pytest
+import torch
+from conftest import chi_square, chi_square_bound
+
+from edlm import ops, reference
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def gen(seed, device="cpu"):
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def empirical(tokens, V):
+    """Counts of each token id over the K draws: tokens [B, K, L] -> counts [B, L, V]."""
+    B, K, L = tokens.shape
+    one_hot = torch.zeros(B, L, V, dtype=torch.float64)
+    one_hot.scatter_add_(2, tokens.permute(0, 2, 1).cpu(), torch.ones(B, L, K, dtype=torch.float64))
+    return one_hot
+
+
+# ---------------------------------------------------------------- exact semantics
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_carry_over_and_logp_match_reference(device, dtype):
+    torch.manual_seed(0)
+    B, L, V, K, mask_id = 3, 97, 111, 4, 110
+    logits = (torch.randn(B, L, V) * 3).to(dtype).to(device)
+    xt = torch.randint(0, V - 1, (B, L))
+    xt[torch.rand(B, L) < 0.6] = mask_id
+    xt = xt.to(device)
+    tokens, logp = ops.masked_sample(logits, xt, mask_id, num_samples=K, generator=gen(1, device))
+    assert tokens.shape == (B, K, L) and tokens.dtype == torch.int64
+    assert logp.shape == (B, K, L) and logp.dtype == torch.float32
+    masked = (xt == mask_id).unsqueeze(1).expand(B, K, L)
+    # Carry-over: unmasked positions keep their token and have logp 0.
+    assert torch.equal(tokens[~masked], xt.unsqueeze(1).expand(B, K, L)[~masked])
+    assert torch.all(logp[~masked] == 0)
+    # Revealed positions: a real token (never the mask) and its exact log-probability.
+    drawn = tokens[masked]
+    assert torch.all((drawn >= 0) & (drawn < V) & (drawn != mask_id))
+    ref_logp = reference.masked_sample_probs(logits.cpu(), mask_id).log()  # [B, L, V]
+    expect = ref_logp.unsqueeze(1).expand(B, K, L, V).gather(-1, tokens.cpu()[..., None])[..., 0]
+    torch.testing.assert_close(logp.cpu()[masked.cpu()], expect[masked.cpu()].float(), rtol=0, atol=2e-5)
+
+
+def test_temperature_scales_logp(device):
+    torch.manual_seed(1)
+    logits = torch.randn(2, 8, 50).to(device)
+    xt = torch.full((2, 8), 49, device=device)
+    for temperature in (0.5, 2.0):
+        tokens, logp = ops.masked_sample(
+            logits, xt, 49, num_samples=3, temperature=temperature, generator=gen(0, device)
+        )
+        ref = reference.masked_sample_probs(logits.cpu(), 49, temperature).log()
+        expect = ref.unsqueeze(1).expand(2, 3, 8, 50).gather(-1, tokens.cpu()[..., None])[..., 0]
+        torch.testing.assert_close(logp.cpu(), expect.float(), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("mask_id", [0, 55, 110])
+def test_mask_column_is_excluded_wherever_it_is(device, isa, mask_id):
+    # The mask logit is by far the largest: a sampler that forgets to exclude it draws only it.
+    V = 111
+    logits = torch.zeros(1, 64, V)
+    logits[..., mask_id] = 50.0
+    logits = logits.to(device)
+    xt = torch.full((1, 64), mask_id, device=device)
+    tokens, logp = ops.masked_sample(logits, xt, mask_id, num_samples=32, generator=gen(3, device))
+    assert not torch.any(tokens == mask_id)
+    torch.testing.assert_close(logp, torch.full_like(logp, -math.log(V - 1)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("V", [2, 3, 111, 50258])
+@pytest.mark.parametrize("L", [1, 97])
+def test_awkward_sizes(device, V, L):
+    torch.manual_seed(V + L)
+    B, K = 2, 3
+    logits = torch.randn(B, L, V, device=device)
+    xt = torch.full((B, L), V - 1, device=device)
+    tokens, logp = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0, device))
+    assert tokens.shape == (B, K, L)
+    assert torch.all((tokens >= 0) & (tokens < V - 1))
+    if V == 2:  # one real token: always drawn, with probability 1
+        assert torch.all(tokens == 0) and torch.all(logp == 0)
+    assert torch.all(logp <= 0) and torch.all(torch.isfinite(logp))
+
+
+def test_none_masked_is_identity(device):
+    xt = torch.randint(0, 10, (3, 7), device=device)
+    logits = torch.full((3, 7, 11), float("nan"), device=device)  # never read: nothing is masked
+    tokens, logp = ops.masked_sample(logits, xt, 10, num_samples=2)
+    assert torch.equal(tokens, xt.unsqueeze(1).expand(3, 2, 7))
+    assert torch.all(logp == 0)
+
+
+def test_one_hot_rows(device):
+    V = 40
+    target = torch.randint(0, V - 1, (4, 9))
+    logits = torch.full((4, 9, V), float("-inf"))
+    logits.scatter_(2, target[..., None], 0.0)
+    xt = torch.full((4, 9), V - 1)
+    tokens, logp = ops.masked_sample(logits.to(device), xt.to(device), V - 1, num_samples=5)
+    assert torch.equal(tokens.cpu(), target.unsqueeze(1).expand(4, 5, 9))
+    assert torch.all(logp == 0)
+
+
+def test_reveal_prob_zero_and_one(device):
+    logits = torch.randn(2, 20, 6, device=device)
+    xt = torch.full((2, 20), 5, device=device)
+    tokens, logp = ops.masked_sample(logits, xt, 5, num_samples=3, reveal_prob=0.0)
+    assert torch.all(tokens == 5) and torch.all(logp == 0)
+    rows = torch.tensor([1.0, 0.0], device=device)
+    tokens, logp = ops.masked_sample(logits, xt, 5, num_samples=3, reveal_prob=rows)
+    assert torch.all(tokens[0] != 5) and torch.all(tokens[1] == 5) and torch.all(logp[1] == 0)
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_generator_state_same_output(device):
+    logits = torch.randn(3, 50, 300, device=device)
+    xt = torch.full((3, 50), 299, device=device)
+    a = ops.masked_sample(logits, xt, 299, num_samples=4, reveal_prob=0.5, generator=gen(7, device))
+    b = ops.masked_sample(logits, xt, 299, num_samples=4, reveal_prob=0.5, generator=gen(7, device))
+    c = ops.masked_sample(logits, xt, 299, num_samples=4, reveal_prob=0.5, generator=gen(8, device))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    # The generator advances: two calls on one generator differ.
+    g = gen(7, device)
+    first = ops.masked_sample(logits, xt, 299, num_samples=4, generator=g)[0]
+    second = ops.masked_sample(logits, xt, 299, num_samples=4, generator=g)[0]
+    assert not torch.equal(first, second)
+    # The default generator follows torch.manual_seed.
+    torch.manual_seed(11)
+    d = ops.masked_sample(logits, xt, 299, num_samples=4)[0]
+    torch.manual_seed(11)
+    assert torch.equal(d, ops.masked_sample(logits, xt, 299, num_samples=4)[0])
+
+
+def test_row_output_depends_only_on_its_own_inputs(device):
+    torch.manual_seed(0)
+    B, L, V = 4, 33, 500
+    logits = torch.randn(B, L, V, device=device)
+    xt = torch.full((B, L), V - 1, device=device)
+    xt[:, ::3] = 7
+    base = ops.masked_sample(logits, xt, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device))
+    # Change every other row: rows 1 and 3 must not move.
+    logits2, xt2 = logits.clone(), xt.clone()
+    logits2[0] = torch.randn(L, V, device=device)
+    logits2[2] = -logits2[2]
+    xt2[0, :] = V - 1
+    other = ops.masked_sample(logits2, xt2, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device))
+    for b in (1, 3):
+        assert torch.equal(base[0][b], other[0][b]) and torch.equal(base[1][b], other[1][b])
+    # Fewer rows, or fewer samples: the shared prefix is unchanged.
+    head = ops.masked_sample(logits[:2], xt[:2], V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device))
+    assert torch.equal(head[0], base[0][:2])
+    fewer = ops.masked_sample(logits, xt, V - 1, num_samples=2, reveal_prob=0.7, generator=gen(5, device))
+    assert torch.equal(fewer[0], base[0][:, :2])
+
+
+def test_non_contiguous_inputs(device):
+    logits = torch.randn(20, 3, 30, device=device).transpose(0, 1)  # [3, 20, 30], strided
+    xt = torch.full((20, 3), 29, device=device).t()
+    a = ops.masked_sample(logits, xt, 29, num_samples=2, generator=gen(1, device))
+    b = ops.masked_sample(logits.contiguous(), xt.contiguous(), 29, num_samples=2, generator=gen(1, device))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# ---------------------------------------------------------------- distribution
+
+
+def draw_counts(logits, mask_id, K, device, seed, temperature=1.0, dtype=torch.float32):
+    B, L, V = logits.shape
+    xt = torch.full((B, L), mask_id, device=device)
+    tokens, _ = ops.masked_sample(
+        logits.to(dtype).to(device), xt, mask_id, num_samples=K, temperature=temperature,
+        generator=gen(seed, device),
+    )
+    return empirical(tokens, V)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 2.0])
+def test_goodness_of_fit_per_row(device, isa, dtype, temperature):
+    # Rows that differ (one favours low ids, one high ids, one flat-ish): each row's draws must
+    # fit its own distribution, which a wrong temperature, a flipped sign or mixed rows fail.
+    torch.manual_seed(42)
+    V, K = 64, 20000
+    ramp = torch.linspace(-3, 3, V)
+    logits = torch.stack([ramp, -ramp, 1.5 * torch.randn(V)]).unsqueeze(1)  # [3, 1, V]
+    logits = logits.to(dtype).float()  # the distribution the kernel sees
+    counts = draw_counts(logits, V - 1, K, device, seed=9, temperature=temperature, dtype=dtype)
+    probs = reference.masked_sample_probs(logits, V - 1, temperature)
+    for b in range(3):
+        stat, df = chi_square(counts[b, 0], probs[b, 0])
+        assert stat < chi_square_bound(df), f"row {b}: chi2 {stat:.1f} with {df} df"
+        # The same draws against the wrong models must fail, so the test has teeth.
+        wrong_t = reference.masked_sample_probs(logits, V - 1, temperature * 1.25)[b, 0]
+        wrong_sign = reference.masked_sample_probs(-logits, V - 1, temperature)[b, 0]
+        other_row = probs[(b + 1) % 3, 0]
+        for wrong in (wrong_t, wrong_sign, other_row):
+            assert chi_square(counts[b, 0], wrong)[0] > chi_square_bound(df)
+
+
+def test_large_vocabulary_fit(device, isa):
+    # V = 50258 crosses many sampling blocks; pooled into 64 bins of ids for the test.
+    torch.manual_seed(3)
+    V, K = 50258, 4000
+    logits = torch.randn(1, 2, V) * 2
+    counts = draw_counts(logits, V - 1, K, device, seed=1).sum(1)[0]  # [V]
+    probs = reference.masked_sample_probs(logits, V - 1).mean(1)[0]
+    bins = torch.arange(V) * 64 // V
+    binned_counts = torch.zeros(64, dtype=torch.float64).index_add_(0, bins, counts)
+    binned_probs = torch.zeros(64, dtype=torch.float64).index_add_(0, bins, probs)
+    stat, df = chi_square(binned_counts, binned_probs)
+    assert stat < chi_square_bound(df)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tail_at_1e_minus_9_is_drawn_at_its_true_rate(device, isa, dtype):
+    # One top token and 200000 tokens at 1e-9 of it: together they hold ~2e-4 of the mass.
+    # fp32 Gumbel-max with clamps (EDLM.md trap 6) never draws them; exact sampling does.
+    V, rows, K = 200_002, 8, 100_000
+    logits = torch.full((rows, 1, V), math.log(1e-9))
+    logits[..., 0] = 0.0
+    logits = logits.to(dtype)
+    xt = torch.full((rows, 1), V - 1, device=device)
+    tokens, _ = ops.masked_sample(logits.to(device), xt, V - 1, num_samples=K, generator=gen(2, device))
+    p_tail = reference.masked_sample_probs(logits, V - 1)[0, 0, 1:].sum().item()
+    n = rows * K
+    expected, sd = n * p_tail, math.sqrt(n * p_tail * (1 - p_tail))
+    hits = (tokens != 0).sum().item()
+    assert expected > 100
+    assert abs(hits - expected) < 5 * sd, f"{hits} tail draws, expected {expected:.0f} +- {sd:.0f}"
+    # The tail draws spread over the tail, not onto a few ids near a block edge.
+    tail = tokens[tokens != 0]
+    assert tail.unique().numel() > 0.9 * tail.numel()
+
+
+def test_tail_of_a_single_token(device, isa):
+    # A single token at 1e-6 relative to the top: 2e6 draws give ~2 +- 1.4 hits; over 5 rows
+    # the count is Poisson(10): a sampler that drops it gets 0.
+    V, rows, K = 100, 5, 2_000_000
+    logits = torch.full((rows, 1, V), -1e4)
+    logits[..., 0] = 0.0
+    logits[..., 50] = math.log(1e-6)
+    xt = torch.full((rows, 1), V - 1, device=device)
+    tokens, _ = ops.masked_sample(logits.to(device), xt, V - 1, num_samples=K, generator=gen(4, device))
+    hits = (tokens == 50).sum().item()
+    assert 1 <= hits <= 30
+    assert torch.all((tokens == 0) | (tokens == 50))
+
+
+def test_reveal_rate(device):
+    B, L, K = 2, 500, 40
+    logits = torch.randn(B, L, 10, device=device)
+    xt = torch.full((B, L), 9, device=device)
+    rows = torch.tensor([0.25, 0.9], device=device)
+    tokens, logp = ops.masked_sample(logits, xt, 9, num_samples=K, reveal_prob=rows, generator=gen(0, device))
+    n = L * K
+    for b, p in enumerate((0.25, 0.9)):
+        revealed = (tokens[b] != 9).sum().item()
+        assert abs(revealed - n * p) < 5 * math.sqrt(n * p * (1 - p))
+        assert torch.all((logp[b] == 0) == (tokens[b] == 9))
+    tokens, _ = ops.masked_sample(logits, xt, 9, num_samples=K, reveal_prob=0.1, generator=gen(1, device))
+    revealed = (tokens != 9).sum().item()
+    assert abs(revealed - 2 * n * 0.1) < 5 * math.sqrt(2 * n * 0.09)
+
+
+def test_draws_are_independent_across_samples_and_positions(device):
+    # Pairs of draws (sample k, k+1) and (position l, l+1) must be uncorrelated: a shared uniform
+    # would make them equal far more often than sum p^2.
+    V = 6
+    logits = torch.zeros(1, 200, V)
+    xt = torch.full((1, 200), V - 1)
+    tokens, _ = ops.masked_sample(logits.to(device), xt.to(device), V - 1, num_samples=200, generator=gen(0, device))
+    tokens = tokens.cpu()
+    p_equal = 1 / (V - 1)
+    for a, b in ((tokens[:, 1:], tokens[:, :-1]), (tokens[..., 1:], tokens[..., :-1])):
+        n = a.numel()
+        same = (a == b).sum().item()
+        assert abs(same - n * p_equal) < 6 * math.sqrt(n * p_equal * (1 - p_equal))
+
+
+# ---------------------------------------------------------------- torch integration
+
+
+def test_opcheck(device):
+    logits = torch.randn(2, 5, 7, device=device)
+    xt = torch.full((2, 5), 6, device=device)
+    xt[0, 0] = 1
+    torch.library.opcheck(torch.ops.edlm.masked_sample.default, (logits, xt, 6), {"num_samples": 3})
+    rows = torch.tensor([0.5, 1.0], device=device)
+    torch.library.opcheck(
+        torch.ops.edlm.masked_sample.default,
+        (logits, xt, 6),
+        {"num_samples": 2, "reveal_prob_rows": rows, "temperature": 0.5},
+    )
+
+
+def test_torch_compile_fullgraph(device):
+    @torch.compile(fullgraph=True)
+    def step(logits, xt):
+        tokens, logp = ops.masked_sample(logits * 2.0, xt, 6, num_samples=2)
+        return tokens, logp.sum(-1)
+
+    logits = torch.randn(2, 5, 7, device=device)
+    xt = torch.full((2, 5), 6, device=device)
+    torch.manual_seed(0)
+    tokens, total = step(logits, xt)
+    torch.manual_seed(0)
+    eager_tokens, eager_logp = ops.masked_sample(logits * 2.0, xt, 6, num_samples=2)
+    assert torch.equal(tokens, eager_tokens)
+    torch.testing.assert_close(total, eager_logp.sum(-1))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def bad(match, *args, **kwargs):
+    with pytest.raises(RuntimeError, match=match):
+        ops.masked_sample(*args, **kwargs)
+
+
+def test_bad_input(device):
+    logits = torch.randn(2, 3, 5, device=device)
+    xt = torch.full((2, 3), 4, device=device)
+    bad(r"masked_sample: logits must be 3-D", logits[0], xt, 4)
+    bad(r"masked_sample: xt must be \[2, 3\]", logits, xt[:1], 4)
+    bad(r"masked_sample: xt must be int64, got Int", logits, xt.int(), 4)
+    bad(r"masked_sample: logits must be float32, bfloat16 or float16, got Double", logits.double(), xt, 4)
+    bad(r"masked_sample: mask_id = 5 is outside \[0, V\) with V = 5", logits, xt, 5)
+    bad(r"masked_sample: mask_id = -1", logits, xt, -1)
+    bad(r"masked_sample: V must be at least 2", logits[..., :1], torch.zeros_like(xt), 0)
+    bad(r"masked_sample: num_samples must be >= 1, got 0", logits, xt, 4, num_samples=0)
+    bad(r"masked_sample: temperature must be finite and > 0, got 0", logits, xt, 4, temperature=0.0)
+    bad(r"masked_sample: temperature must be finite and > 0, got -1", logits, xt, 4, temperature=-1.0)
+    bad(r"masked_sample: reveal_prob must be in \[0, 1\], got 1.5", logits, xt, 4, reveal_prob=1.5)
+    bad(r"masked_sample: reveal_prob must be in \[0, 1\], got nan", logits, xt, 4, reveal_prob=float("nan"))
+    bad(r"masked_sample: a reveal_prob tensor must be \[B\]", logits, xt, 4, reveal_prob=torch.ones(3, device=device))
+    bad(r"masked_sample: a reveal_prob tensor must be float32", logits, xt, 4, reveal_prob=torch.ones(2, device=device, dtype=torch.float64))
+
+
+def test_bad_values_cpu():
+    # Value checks (read from the tensors): raised on the CPU; on CUDA see the README.
+    logits = torch.randn(2, 3, 5)
+    xt = torch.full((2, 3), 4)
+    xt_bad = xt.clone()
+    xt_bad[1, 2] = 9
+    bad(r"masked_sample: xt\[1, 2\] = 9 is outside \[0, V\) with V = 5", logits, xt_bad, 4)
+    xt_bad[1, 2] = -3
+    bad(r"masked_sample: xt\[1, 2\] = -3", logits, xt_bad, 4)
+    bad(r"masked_sample: reveal_prob\[1\] = 2 is outside \[0, 1\]", logits, xt, 4, reveal_prob=torch.tensor([0.5, 2.0]))
+    nan = logits.clone()
+    nan[1, 1, 2] = float("nan")
+    bad(r"masked_sample: logits\[1, 1\] contain NaN or \+inf", nan, xt, 4)
+    nan[1, 1, 2] = float("inf")
+    bad(r"masked_sample: logits\[1, 1\] contain NaN or \+inf", nan, xt, 4)
+    dead = logits.clone()
+    dead[0, 2, :4] = float("-inf")  # only the mask column is finite: nothing to draw
+    bad(r"masked_sample: logits\[0, 2\] are -inf for every token but the mask", dead, xt, 4)
+    # The same bad rows at unmasked positions are never read: no error.
+    xt_clear = xt.clone()
+    xt_clear[0, 2] = 1
+    xt_clear[1, 1] = 1
+    ops.masked_sample(dead, xt_clear, 4)
+    ops.masked_sample(nan, xt_clear, 4)
