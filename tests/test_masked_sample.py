@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import chi_square, chi_square_bound
+from statcheck import chi_square, chi_square_bound
 
 from edlm import ops, reference
 

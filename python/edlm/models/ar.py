@@ -1,0 +1,51 @@
+"""The autoregressive model: the denoiser's trunk made causal, trained on next-token prediction.
+It serves as a baseline and as the AR energy of EDLM (EDLM.md section 2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .transformer import Block, EmbeddingLayer, FinalLayer, rotary_cos_sin
+
+
+class ARModel(nn.Module):
+    """forward(x [B, L] int64) -> logits [B, L, V] with logits[:, l] scoring x[:, l] given x[:, :l].
+
+    The sequence is read shifted right behind a start token, for which the mask id serves (it never
+    occurs in data), so every position, the first included, gets a prediction.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_embed = EmbeddingLayer(cfg.dim, cfg.vocab_size)
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.n_heads, None, cfg.mlp_ratio, cfg.dropout, causal=True)
+            for _ in range(cfg.n_layers)
+        )
+        self.output_layer = FinalLayer(cfg.dim, cfg.vocab_size, None)
+
+    @property
+    def mask_id(self) -> int:
+        return self.cfg.mask_id
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L = x.shape
+        start = torch.full((B, 1), self.mask_id, dtype=x.dtype, device=x.device)
+        inputs = torch.cat([start, x[:, :-1]], dim=1)
+        cos, sin = rotary_cos_sin(L, self.cfg.dim // self.cfg.n_heads, x.device)
+        h = self.vocab_embed(inputs)
+        for block in self.blocks:
+            h = block(h, cos, sin)
+        logits = self.output_layer(h).float()
+        logits[..., self.mask_id] = float("-inf")  # the mask is never a next token
+        return logits
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Mean next-token negative log-likelihood (nats per token). batch: x [B, L]."""
+        x = batch["x"]
+        nll = F.cross_entropy(self(x).flatten(0, 1), x.flatten())
+        return nll, {"nll_per_token": nll.detach()}
