@@ -4,7 +4,8 @@
 `edlm.reference` holds their plain PyTorch references.
 """
 
-from . import ops, reference
+from . import ops, reference, schedule
+from .sampling import sample
 
-__all__ = ["ops", "reference"]
+__all__ = ["ops", "reference", "sample", "schedule"]
 __version__ = "0.1.0"

@@ -49,6 +49,7 @@ class TrainConfig:
     data: str = "austen-char"
     valid_data: str = ""  # default: the validation split of `data` (required for a path)
     tokenizer: str = "char"  # for raw text paths: char | gpt2 | a Hugging Face tokenizer path
+    block_size: int = 0  # sequence length; 0: the dataset's (256 characters, 1024 BPE tokens)
     out: str = "runs/tiny"
     steps: int = 2000
     batch_size: int = 32  # global batch, summed over data-parallel ranks and accumulation
@@ -60,7 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     grad_clip: float = 1.0
-    ema: float = 0.9999  # 0 disables the EMA
+    ema: float = 0.999  # 0 disables the EMA
     eval_every: int = 200
     eval_batches: int = 8
     save_every: int = 200
@@ -68,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     init_from: str = ""  # a checkpoint to start from (the energy model's denoiser)
+    num_negatives: int = 1  # NCE: proposal samples per real sequence
     model_config: ModelConfig = field(default_factory=ModelConfig)
 
 

@@ -112,7 +112,7 @@ def evaluate(model, data, cfg: TrainConfig, device, batches: int) -> float:
         x = next(it)
         index = torch.arange(x.shape[0])
         t, noise = step_noise(cfg.seed + 1, k, x.shape[0], x.shape[1], index, stream=1)
-        loss, _ = model.loss({"x": x.to(device), "t": t.to(device), "noise": noise.to(device)})
+        loss, _ = model.loss({"x": x.to(device), "t": t.to(device), "noise": noise.to(device), "seed": k})
         total += loss.item() * x.shape[0]
         count += x.shape[0]
     model.train()
@@ -127,19 +127,33 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1):
     if not named and not cfg.valid_data:
         raise ValueError(f"data {cfg.data!r} is not a named dataset: set valid_data to a validation file too")
     tok = None if named else cfg.tokenizer
+    block = cfg.block_size or None
     train_data = load_dataset(cfg.data, "train" if named else None, tokenizer=tok, seed=cfg.seed,
-                              rank=rank, world_size=world)
+                              rank=rank, world_size=world, block_size=block)
     if cfg.valid_data:
         vtok = None if cfg.valid_data in NAMED_DATASETS else cfg.tokenizer
-        valid_data = load_dataset(cfg.valid_data, None, tokenizer=vtok, shuffle=False)
+        valid_data = load_dataset(cfg.valid_data, None, tokenizer=vtok, shuffle=False, block_size=block)
     else:
-        valid_data = load_dataset(cfg.data, "valid", shuffle=False)
+        valid_data = load_dataset(cfg.data, "valid", shuffle=False, block_size=block)
     return train_data, valid_data
 
 
 def build_model(cfg: TrainConfig):
-    from .models import build
+    from .models import EnergyModel, NCETrainer, build
 
+    if cfg.model == "energy":
+        if not cfg.init_from:
+            raise ValueError("model=energy needs init_from: the checkpoint of a trained denoiser")
+        denoiser, dcfg = checkpoint.load_model(cfg.init_from)
+        if dcfg.model != "denoiser":
+            raise ValueError(f"init_from {cfg.init_from!r} holds a {dcfg.model!r} model, not a denoiser")
+        if dcfg.model_config.vocab_size != cfg.model_config.vocab_size:
+            raise ValueError(
+                f"init_from denoiser has vocab_size {dcfg.model_config.vocab_size}, the data "
+                f"{cfg.model_config.vocab_size}"
+            )
+        cfg.model_config = dcfg.model_config
+        return NCETrainer(EnergyModel.from_denoiser(denoiser), denoiser, cfg.num_negatives)
     model = build(cfg.model, cfg.model_config)
     if cfg.init_from:
         state = checkpoint.load(cfg.init_from)
@@ -213,7 +227,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop
         loss_sum, extra = 0.0, {}
         for m in range(accum):
             sl = slice(m * micro, (m + 1) * micro)
-            batch = {"x": x[sl].to(device), "t": t[sl].to(device), "noise": noise[sl].to(device)}
+            batch = {"x": x[sl].to(device), "t": t[sl].to(device), "noise": noise[sl].to(device),
+                     "seed": ((cfg.seed * 1_000_003 + step) * 4096 + rank * 64 + m) % (1 << 62)}
             sync = m == accum - 1 or world == 1
             with (contextlib.nullcontext() if sync else runner.no_sync()), autocast:
                 loss, extra = runner(batch)
@@ -253,11 +268,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop
 
 def _validate(model, ema, valid_data, cfg, device) -> dict:
     loss = evaluate(model, valid_data, cfg, device, cfg.eval_batches)
-    out = {"valid_loss": loss, "valid_bits_per_token": schedule.bits_per_token(loss), "valid_ppl": math.exp(min(loss, 50))}
+    likelihood = cfg.model != "energy"  # the NCE loss is no likelihood: no bits or perplexity
+    out = {"valid_loss": loss}
+    if likelihood:
+        out.update({"valid_bits_per_token": schedule.bits_per_token(loss), "valid_ppl": math.exp(min(loss, 50))})
     if ema is not None:
         with ema.applied(model):
             e = evaluate(model, valid_data, cfg, device, cfg.eval_batches)
-        out.update({"valid_loss_ema": e, "valid_bits_per_token_ema": schedule.bits_per_token(e)})
+        out["valid_loss_ema"] = e
+        if likelihood:
+            out["valid_bits_per_token_ema"] = schedule.bits_per_token(e)
     return out
 
 

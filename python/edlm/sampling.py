@@ -1,0 +1,148 @@
+"""Generation: MDLM's ancestral sampler and EDLM's parallel importance sampling (Algorithm 1 of
+Xu et al. 2025; EDLM.md sections 1 and 3), as one function over two small protocols:
+
+    denoiser(xt: int64 [B, L], t: float32 [B]) -> logits [B, L, V]
+    energy(x0: int64 [N, L], xt: int64 [N, L], t: float32 [N], proposal_logp: float32 [N]) -> [N]
+
+Lower energy = more likely. Each position's reveal time is drawn once up front: position l is
+revealed at the step t -> s with s <= tau_l < t, tau_l ~ U(0, 1), which gives exactly the reverse
+step's reveal probability (t - s) / t. Steps that reveal nothing change nothing whatever x0 would
+have been, so they are skipped with no network call (MDLM's cache, generalized: it holds for
+time-conditioned denoisers too), and the loop needs no device-to-host sync per step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import ops, schedule
+
+
+def _device_of(denoiser, prompt):
+    if prompt is not None:
+        return prompt.device
+    params = getattr(denoiser, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+def _check(batch_size, length, mask_id, steps, num_candidates, window, is_temperature, temperature, prompt):
+    if batch_size < 1 or length < 1:
+        raise ValueError(f"sample: batch_size and length must be >= 1, got {batch_size}, {length}")
+    if steps < 1:
+        raise ValueError(f"sample: steps must be >= 1, got {steps}")
+    if num_candidates < 1:
+        raise ValueError(f"sample: num_candidates must be >= 1, got {num_candidates}")
+    if not 0.0 <= window <= 1.0:
+        raise ValueError(f"sample: window must be in [0, 1], got {window}")
+    if not is_temperature > 0:
+        raise ValueError(f"sample: is_temperature must be > 0, got {is_temperature}")
+    if not temperature > 0:
+        raise ValueError(f"sample: temperature must be > 0, got {temperature}")
+    if mask_id < 0:
+        raise ValueError(f"sample: mask_id must be >= 0, got {mask_id}")
+    if prompt is not None:
+        if prompt.dtype != torch.int64 or tuple(prompt.shape) != (batch_size, length):
+            raise ValueError(
+                f"sample: prompt must be int64 [{batch_size}, {length}] with mask_id where free, "
+                f"got {prompt.dtype} {list(prompt.shape)}"
+            )
+
+
+@torch.no_grad()
+def sample(
+    denoiser,
+    *,
+    batch_size: int,
+    length: int,
+    mask_id: int,
+    steps: int = 256,
+    energy=None,
+    num_candidates: int = 1,
+    window: float = 1.0,
+    is_temperature: float = 1.0,
+    temperature: float = 1.0,
+    prompt: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_stats: bool = False,
+    device: torch.device | str | None = None,
+):
+    """Draw `batch_size` sequences of `length` tokens; (tokens, stats) when `return_stats`.
+
+    With `energy=None` or `num_candidates=1` this is MDLM's ancestral sampler (final noise
+    removal included). Otherwise, at the steps whose t > 1 - `window`, `num_candidates` = K
+    complete candidates x0 are drawn per row from the denoiser in one `edlm.ops.masked_sample`
+    call ([B, K, L] throughout), scored in one batched energy call over B*K rows, weighted by
+    log_w = -E / `is_temperature`, and one is kept per row with `edlm.ops.importance_resample`;
+    the step then reveals positions from it. `prompt` tokens (positions != mask_id) are never
+    changed and condition every step. stats: network calls, energy calls, IS steps, the ESS of
+    each IS step ([IS steps, B]), the step times, and seconds.
+    """
+    _check(batch_size, length, mask_id, steps, num_candidates, window, is_temperature, temperature, prompt)
+    start = time.perf_counter()
+    device = torch.device(device) if device is not None else _device_of(denoiser, prompt)
+    B, L, K = batch_size, length, num_candidates
+    x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
+    if prompt is not None:
+        x = torch.where(prompt != mask_id, prompt.to(device), x)
+    free = x == mask_id  # [B, L]
+
+    # Reveal times, drawn once (one sync, here, to plan the steps on the host).
+    gen_device = generator.device if generator is not None else device
+    tau = torch.rand(B, L, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+    grid = schedule.sampling_grid(steps)  # [steps + 1], float64 on the host
+    step_of = torch.bucketize(-tau, -grid.to(device), right=False) - 1  # step i: grid[i+1] <= tau < grid[i]
+    step_of = torch.where(free, step_of, torch.full_like(step_of, -1))  # fixed tokens: never
+    counts = torch.bincount(step_of[free], minlength=steps + 1)  # reveals per step; [steps] = never
+    active_steps = (counts > 0).cpu().tolist()  # sync point: once per call, not per step
+    leftover = active_steps[steps]  # positions never revealed: final noise removal
+
+    use_is = energy is not None and K > 1
+    stats = {"network_calls": 0, "energy_calls": 0, "is_steps": 0, "ess": [], "is_times": []}
+    for i in range(steps):
+        if not active_steps[i]:
+            continue  # nothing is revealed at this step: x is unchanged whatever x0 is
+        t = float(grid[i])
+        reveal = step_of == i  # [B, L]
+        t_vec = torch.full((B,), t, dtype=torch.float32, device=device)
+        logits = denoiser(x, t_vec)  # [B, L, V]
+        stats["network_calls"] += 1
+        if use_is and t > 1.0 - window:
+            cand, logp = ops.masked_sample(
+                logits, x, mask_id, num_samples=K, temperature=temperature, generator=generator
+            )  # [B, K, L] each
+            proposal_logp = logp.sum(-1)  # [B, K]
+            xt_rep = x.unsqueeze(1).expand(B, K, L)
+            e = energy(
+                cand.reshape(B * K, L),
+                xt_rep.reshape(B * K, L),
+                t_vec.repeat_interleave(K),
+                proposal_logp.reshape(B * K),
+            )  # [B*K]
+            stats["energy_calls"] += 1
+            log_w = (-e.float() / is_temperature).reshape(B, K)
+            index, ess = ops.importance_resample(log_w, num_samples=1, generator=generator)  # [B, 1], [B]
+            x0 = cand.gather(1, index[:, :, None].expand(B, 1, L))[:, 0]  # [B, L]
+            stats["is_steps"] += 1
+            stats["ess"].append(ess)
+            stats["is_times"].append(t)
+        else:
+            x0 = ops.masked_sample(logits, x, mask_id, temperature=temperature, generator=generator)[0][:, 0]
+        x = torch.where(reveal, x0, x)
+
+    if leftover:  # final noise removal: argmax of the denoiser at the end of the grid
+        t_vec = torch.full((B,), float(grid[-1]), dtype=torch.float32, device=device)
+        logits = denoiser(x, t_vec).float()
+        logits[..., mask_id] = float("-inf")
+        x = torch.where(x == mask_id, logits.argmax(-1), x)
+        stats["network_calls"] += 1
+
+    if not return_stats:
+        return x
+    stats["ess"] = torch.stack(stats["ess"]) if stats["ess"] else torch.empty(0, B, device=device)
+    stats["seconds"] = time.perf_counter() - start
+    return x, stats

@@ -1,0 +1,513 @@
+"""Tests of edlm.evaluate on an exact toy (V = 3 real tokens, L = 4: 81 sequences): the log Z
+estimators bracket the enumerated log Z and converge to it, the NELBO estimators match quadrature
+over t of the sum over mask patterns, the carry-over AR energy has Z = 1; then the generation
+metrics against hand computations and a tiny offline GPT-2 judge."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from edlm import ops, schedule
+from edlm.evaluate import (
+    distinct_n,
+    edlm_nelbo,
+    evaluate_likelihood,
+    generative_perplexity,
+    load_judge,
+    log_z_estimates,
+    nelbo,
+    unigram_entropy,
+)
+from edlm.models import AREnergy
+
+V, L, MASK = 3, 4, 3
+SEQS = torch.tensor(list(itertools.product(range(V), repeat=L)))  # [81, L]
+POW = torch.tensor([V**i for i in range(L - 1, -1, -1)])
+ENERGY = torch.randn(81, generator=torch.Generator().manual_seed(1)) * 1.5
+
+
+def seq_id(x):
+    return (x * POW).sum(-1)
+
+
+class ToyDenoiser:
+    """mu(x0_l | xt): a fixed table per position, pulled towards the left neighbour's token when
+    that neighbour is known (so mu depends on xt). Returns SUBS log-probs [B, L, V + 1]."""
+
+    mask_id = MASK
+
+    def __init__(self, seed=0):
+        self.base = torch.randn(L, V, generator=torch.Generator().manual_seed(seed)) * 1.2
+        self.times = []
+
+    def __call__(self, xt, t):
+        self.times.append(t)
+        B = xt.shape[0]
+        logits = self.base.expand(B, L, V).clone()
+        left = torch.cat([torch.full((B, 1), MASK), xt[:, :-1]], dim=1)
+        known = left != MASK
+        logits[known] += 1.5 * torch.nn.functional.one_hot(left[known], V).float()
+        out = torch.cat([logits, torch.full((B, L, 1), float("-inf"))], dim=-1).log_softmax(-1)
+        carry = torch.full_like(out, float("-inf")).scatter_(-1, xt[..., None], 0.0)
+        return torch.where((xt != MASK)[..., None], carry, out)
+
+    def proposal(self, xt):
+        """mu(. | xt) over the 81 sequences, float64 (0 off the sequences consistent with xt)."""
+        logp = self(xt[None], torch.ones(1))[0].double()  # [L, V + 1]
+        return logp[torch.arange(L), SEQS].sum(-1).exp()
+
+
+def table_energy(x0, xt, t, proposal_logp):
+    return ENERGY[seq_id(x0)]
+
+
+class ToyAR:
+    """p_AR(x_l | x_<l) from the previous token (the mask id starts the sequence)."""
+
+    def __init__(self):
+        self.table = torch.randn(V + 1, V + 1, generator=torch.Generator().manual_seed(4)) * 1.5
+        self.table[:, MASK] = float("-inf")
+
+    def __call__(self, x):
+        prev = torch.cat([torch.full((x.shape[0], 1), MASK), x[:, :-1]], dim=1)
+        return self.table[prev]  # [N, L, V + 1]
+
+    def nll(self, x):
+        return -self(x).double().log_softmax(-1).gather(-1, x[..., None])[..., 0].sum(-1)
+
+
+def exact_log_z(den, xt):
+    return math.log((den.proposal(xt) * torch.exp(-ENERGY.double())).sum().item())
+
+
+def exact_nelbo(den, x0, energy_table=False):
+    """E_{t ~ U[T_MIN, 1]} (1/t) sum over mask patterns M of P(M | t) * term(M), by Gauss-Legendre
+    quadrature (the integrand is a polynomial of degree L - 1 in t, so this is exact)."""
+    patterns = []
+    for bits in itertools.product([False, True], repeat=L):
+        m = torch.tensor(bits)
+        if not m.any():
+            continue  # nothing masked: the term is 0
+        xt = torch.where(m, MASK, x0)
+        logp = den(xt[None], torch.ones(1))[0].double()
+        term = -logp[torch.arange(L), x0][m].sum().item()
+        if energy_table:
+            term += ENERGY[seq_id(x0)].item() + exact_log_z(den, xt)
+        patterns.append((int(m.sum()), term))
+    nodes, weights = np.polynomial.legendre.leggauss(8)
+    a, b = schedule.T_MIN, 1.0
+    total = 0.0
+    for node, w in zip(nodes, weights):
+        t = 0.5 * (b - a) * node + 0.5 * (b + a)
+        p = (1 - schedule.EPS) * t
+        f = sum(p**k * (1 - p) ** (L - k) * term for k, term in patterns) / t
+        total += 0.5 * (b - a) * w * f
+    return total / (b - a)
+
+
+# ---------------------------------------------------------------- log Z
+
+
+def naive_estimates(energy):
+    a = -energy.double()
+    n = a.shape[-1]
+    t_n = torch.log(torch.exp(a).mean(-1))
+    loo = torch.stack(
+        [
+            torch.log(torch.exp(torch.cat([a[..., :j], a[..., j + 1 :]], -1)).mean(-1))
+            for j in range(n)
+        ]
+    )
+    return t_n, (2 * n - 1) * t_n - 2 * (n - 1) * loo.mean(0)
+
+
+def test_log_z_estimates_match_their_definition():
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 17):
+        e = torch.randn(5, n, generator=g) * 3
+        for got, want in zip(log_z_estimates(e), naive_estimates(e)):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    e = torch.tensor([[0.0, 0.0]])  # n = 2 by hand: T_2 = 0, T_1 = 0
+    assert [v.item() for v in log_z_estimates(e)] == [0.0, 0.0]
+    # Spread far beyond exp's range, one draw dominating: stable, and still U_n >= T_n.
+    e = torch.tensor([[-2000.0, 0.0, 5.0, 3000.0], [1.0, 1.0, 1.0, 1.0]])
+    t_n, u_n = log_z_estimates(e)
+    assert torch.isfinite(t_n).all() and torch.isfinite(u_n).all()
+    torch.testing.assert_close(t_n, torch.tensor([2000.0 - math.log(4), -1.0], dtype=torch.float64))
+    assert torch.all(u_n >= t_n)
+    with pytest.raises(ValueError, match="n >= 2"):
+        log_z_estimates(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="finite"):
+        log_z_estimates(torch.tensor([[0.0, float("inf")]]))
+
+
+@pytest.mark.parametrize("pattern", [[MASK] * L, [MASK, 1, MASK, MASK]])
+def test_t_n_and_u_n_bracket_the_exact_log_z_and_converge(pattern):
+    den, xt = ToyDenoiser(), torch.tensor(pattern)
+    log_z = exact_log_z(den, xt)
+    bias = {}
+    for n, reps in ((2, 20000), (8, 8000), (64, 3000)):
+        rows = xt.expand(reps, L).contiguous()
+        cand, _ = ops.masked_sample(
+            den(rows, torch.ones(reps)),
+            rows,
+            MASK,
+            num_samples=n,
+            generator=torch.Generator().manual_seed(n),
+        )
+        t_n, u_n = log_z_estimates(table_energy(cand, None, None, None))  # [reps]
+        assert torch.all(u_n >= t_n - 1e-12)  # Jensen, draw by draw
+        (mt, st), (mu_, su) = [(v.mean().item(), v.std().item() / reps**0.5) for v in (t_n, u_n)]
+        assert mt < log_z + 3 * st and mu_ > log_z - 3 * su, (n, mt, log_z, mu_)
+        bias[n] = (mt - log_z, mu_ - log_z)
+    for n in (2, 8):  # there the bias (about c / n) dwarfs the standard error
+        assert bias[n][0] < -0.03 and bias[n][1] > 0.03, bias
+    assert abs(bias[64][0]) < abs(bias[8][0]) < abs(bias[2][0]), bias
+    assert abs(bias[64][1]) < abs(bias[8][1]) < abs(bias[2][1]), bias
+    assert max(map(abs, bias[64])) < 0.03, bias
+
+
+@pytest.mark.parametrize("pattern", [[MASK] * L, [MASK, 1, MASK, MASK], [2, MASK, 0, MASK]])
+def test_carry_over_ar_energy_has_z_one(pattern):
+    den, ar, xt = ToyDenoiser(), ToyAR(), torch.tensor(pattern)
+    mu = den.proposal(xt)
+    consistent = mu > 0
+    e = AREnergy(ar, MASK)(SEQS, xt.expand(81, L), torch.ones(81), torch.log(mu).float()).double()
+    assert torch.where(consistent, mu * torch.exp(-e), 0.0).sum().item() == pytest.approx(
+        1.0, abs=1e-6
+    )
+    e_full = AREnergy(ar, MASK, carry_over=False)(
+        SEQS, xt.expand(81, L), torch.ones(81), torch.log(mu).float()
+    )
+    if (xt != MASK).any():  # the full-sequence variant is not normalized
+        assert torch.where(consistent, mu * torch.exp(-e_full.double()), 0.0).sum().item() < 0.99
+
+
+# ---------------------------------------------------------------- the NELBO
+
+
+def replicate(seqs, copies):
+    return torch.tensor(seqs).repeat_interleave(copies, 0)
+
+
+def per_seq_stats(values, copies):
+    v = values.view(-1, copies)
+    return v.mean(1), v.std(1) / copies**0.5
+
+
+def test_mdlm_nelbo_matches_quadrature():
+    seqs, copies = [[0, 1, 2, 0], [2, 2, 2, 2], [1, 0, 0, 2]], 2000
+    den = ToyDenoiser()
+    est = nelbo(
+        den,
+        replicate(seqs, copies),
+        num_t=4,
+        batch_size=4096,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert est.dtype == torch.float64 and est.shape == (len(seqs) * copies,)
+    mean, se = per_seq_stats(est, copies)
+    for s, m, e in zip(seqs, mean.tolist(), se.tolist()):
+        exact = exact_nelbo(den, torch.tensor(s))
+        assert abs(m - exact) < 4 * e, (s, m, exact, e)
+        assert e < 0.02 * exact  # the check has teeth
+
+
+def test_times_are_antithetic_within_a_sequence():
+    den = ToyDenoiser()
+    nelbo(den, replicate([[0, 1, 2, 0]], 5), num_t=4, generator=torch.Generator().manual_seed(1))
+    t = ((torch.cat(den.times).double() - schedule.T_MIN) / (1 - schedule.T_MIN)).view(5, 4)
+    assert torch.all((t >= 0) & (t <= 1))
+    gaps = torch.remainder(t - t[:, :1], 1.0)  # offsets j / num_t from the sequence's own u
+    torch.testing.assert_close(gaps, torch.arange(4).double().expand(5, 4) / 4, atol=1e-6, rtol=0)
+    assert t[:, 0].unique().numel() == 5  # each sequence has its own u
+
+
+def test_edlm_nelbo_matches_quadrature_with_exact_log_z():
+    # The 1/t weight makes single estimates noisy (sd ~ 8 nats), so this pins the assembly of
+    # the terms (1/t, +E, +log Z), while the log Z test above pins the estimators' biases.
+    seqs, copies = [[0, 1, 2, 0], [1, 0, 0, 2]], 1000
+    den = ToyDenoiser()
+    out = edlm_nelbo(
+        den,
+        table_energy,
+        replicate(seqs, copies),
+        num_t=16,
+        num_is=8,
+        batch_size=8192,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out["z_exact"] is False and torch.all(out["edlm_u"] >= out["edlm_t"] - 1e-9)
+    for i, s in enumerate(seqs):
+        x0 = torch.tensor(s)
+        exact = exact_nelbo(den, x0, energy_table=True)
+        # Teeth: MDLM, a missing log Z, or the energy's sign flipped are all far off.
+        wrong = [exact_nelbo(den, x0), exact_without_log_z(den, x0), exact_flipped(den, x0)]
+        for key in ("edlm_t", "edlm_u"):
+            mean, se = (v[i].item() for v in per_seq_stats(out[key], copies))
+            assert abs(mean - exact) < 4 * se, (s, key, mean, exact, se)
+            assert all(abs(w - exact) > 4 * se for w in wrong), (s, key, wrong, exact, se)
+
+
+def exact_without_log_z(den, x0):
+    global exact_log_z
+    keep, exact_log_z = exact_log_z, lambda den, xt: 0.0
+    try:
+        return exact_nelbo(den, x0, energy_table=True)
+    finally:
+        exact_log_z = keep
+
+
+def exact_flipped(den, x0):
+    global ENERGY
+    ENERGY = -ENERGY
+    try:
+        return exact_nelbo(den, x0, energy_table=True)
+    finally:
+        ENERGY = -ENERGY
+
+
+def test_edlm_nelbo_with_carry_over_ar_energy_is_the_ar_nll():
+    seqs, copies = [[0, 1, 2, 0], [1, 1, 0, 2]], 1500
+    ar = ToyAR()
+    out = edlm_nelbo(
+        ToyDenoiser(),
+        AREnergy(ar, MASK),
+        replicate(seqs, copies),
+        num_t=4,
+        num_is=2,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert out["z_exact"] is True and torch.equal(out["edlm_t"], out["edlm_u"])
+    mean, se = per_seq_stats(out["edlm_t"], copies)
+    want = (1 - schedule.EPS) * ar.nll(torch.tensor(seqs))  # the integrand's mean is t-free
+    assert torch.all((mean - want).abs() < 4 * se), (mean, want, se)
+
+
+def test_bad_inputs():
+    den = ToyDenoiser()
+    with pytest.raises(ValueError, match="mask id"):
+        nelbo(den, torch.tensor([[0, MASK, 1, 2]]))
+    with pytest.raises(ValueError, match="int64"):
+        nelbo(den, torch.zeros(2, L, dtype=torch.int32))
+    with pytest.raises(ValueError, match="num_is must be >= 2"):
+        edlm_nelbo(den, table_energy, torch.zeros(2, L, dtype=torch.long), num_is=1)
+
+
+# ---------------------------------------------------------------- evaluate_likelihood
+
+
+def test_evaluate_likelihood_on_a_toy_tensor_dataset():
+    data = SEQS[torch.randperm(81, generator=torch.Generator().manual_seed(0))[:40]]
+    res = evaluate_likelihood(
+        ToyDenoiser(),
+        data,
+        num_sequences=30,
+        num_t=4,
+        batch_size=16,
+        energy=table_energy,
+        num_is=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert res["num_sequences"] == 30 and res["length"] == L and res["num_is"] == 4
+    for name in ("nelbo", "edlm_t", "edlm_u"):
+        m = res[f"{name}_per_token"]
+        assert res[f"{name}_perplexity"] == pytest.approx(math.exp(m))
+        assert res[f"{name}_bits_per_token"] == pytest.approx(m / math.log(2))
+        assert 0 < res[f"{name}_se"] < m
+    assert res["edlm_t_per_token"] < res["edlm_u_per_token"]
+    ar = evaluate_likelihood(
+        ToyDenoiser(),
+        data,
+        num_sequences=8,
+        num_t=2,
+        batch_size=16,
+        energy=AREnergy(ToyAR(), MASK),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert ar["log_z"].startswith("exact") and ar["edlm_t_per_token"] == ar["edlm_u_per_token"]
+    with pytest.raises(ValueError, match="asked for 99 sequences"):
+        evaluate_likelihood(ToyDenoiser(), data, num_sequences=99)
+
+
+def test_evaluate_likelihood_with_real_models_and_a_packed_dataset(tmp_path):
+    from edlm.config import ModelConfig
+    from edlm.data import PackedDataset, prepare
+    from edlm.models import Denoiser, EnergyModel
+
+    text = tmp_path / "t.txt"
+    text.write_text("it is a truth universally acknowledged that a single man in possession " * 6)
+    prepare(text, "char", tmp_path / "d.bin", block_size=16)
+    data = PackedDataset(tmp_path / "d.bin", seed=0)
+    torch.manual_seed(0)
+    den = Denoiser(
+        ModelConfig(vocab_size=28, length=16, dim=32, n_heads=2, n_layers=1, cond_dim=16)
+    ).eval()
+    with pytest.raises(ValueError, match="training mode"):
+        evaluate_likelihood(den.train(), data, num_sequences=2)
+    den.eval()
+    energy = EnergyModel.from_denoiser(den).eval()  # a fresh energy is 0: EDLM = MDLM exactly
+    res = evaluate_likelihood(
+        den,
+        data,
+        num_sequences=6,
+        num_t=2,
+        batch_size=4,
+        energy=energy,
+        num_is=3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert res["length"] == 16 and res["num_sequences"] == 6
+    assert res["edlm_t_per_token"] == pytest.approx(res["nelbo_per_token"], rel=1e-6)
+    assert res["edlm_u_per_token"] == pytest.approx(res["nelbo_per_token"], rel=1e-6)
+    assert 1.0 < res["nelbo_perplexity"] < 500
+
+
+# ---------------------------------------------------------------- generation metrics
+
+
+def test_unigram_entropy_by_hand():
+    assert unigram_entropy(torch.tensor([[0, 0, 1, 1]])) == pytest.approx(1.0)
+    assert unigram_entropy([[0, 1, 2, 3]]) == pytest.approx(2.0)
+    assert unigram_entropy([[5, 5, 5, 5], [0, 1, 2, 3]]) == pytest.approx(
+        1.0
+    )  # per sample, averaged
+    p = torch.tensor([0.5, 0.25, 0.25])
+    assert unigram_entropy([[7, 7, 3, 9]]) == pytest.approx(-(p * p.log2()).sum().item())
+
+
+def test_distinct_n_by_hand():
+    assert distinct_n([[1, 2, 1, 2]], 1) == pytest.approx(2 / 4)
+    assert distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
+    assert distinct_n(torch.tensor([[1, 2, 3], [1, 2, 4]]), 2) == pytest.approx(3 / 4)  # pooled
+    assert distinct_n([[1, 2, 3], [3, 1]], 3) == 1.0  # n-grams do not cross samples
+    with pytest.raises(ValueError, match="no sample"):
+        distinct_n([[1, 2]], 3)
+
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+
+
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    folder = tmp_path_factory.mktemp("judge")
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", *WORDS])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+    )
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        vocab_size=len(vocab),
+        n_positions=8,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_generative_perplexity_pools_the_nll_over_tokens(tiny_judge):
+    g = torch.Generator().manual_seed(0)
+    texts = [
+        " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g))
+        for n in (3, 7, 8, 20, 1)
+    ]
+    judge = load_judge(tiny_judge)
+    assert judge.context == 8
+    got = generative_perplexity(texts, judge, batch_size=2)
+    assert generative_perplexity(texts, str(tiny_judge), batch_size=3) == pytest.approx(
+        got, rel=1e-5
+    )
+    # By hand: each text alone, windows of <= 8 tokens starting every 7 (so every token after the
+    # first is scored once), the NLL summed over tokens of all texts, then exp of the mean.
+    total, count = 0.0, 0
+    for text in texts:
+        ids = judge.tokenizer(text)["input_ids"]
+        assert len(ids) == len(text.split())
+        for start in range(0, len(ids) - 1, 7):
+            w = torch.tensor([ids[start : start + 8]])
+            with torch.no_grad():
+                logp = judge.model(input_ids=w).logits[0].double().log_softmax(-1)
+            total -= logp[:-1].gather(-1, w[0, 1:, None]).sum().item()
+            count += w.shape[1] - 1
+    assert count == sum(len(t.split()) - 1 for t in texts)
+    assert got == pytest.approx(math.exp(total / count), rel=1e-5)
+    # A short text scored without windows equals the plain mean NLL of its tokens after the first.
+    ids = torch.tensor([judge.tokenizer(texts[1])["input_ids"]])
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(
+            judge.model(input_ids=ids).logits[0, :-1], ids[0, 1:]
+        )
+    assert generative_perplexity(texts[1:2], judge) == pytest.approx(math.exp(nll.item()), rel=1e-5)
+
+
+def test_judge_is_never_downloaded_and_short_texts_are_errors(tmp_path, tiny_judge):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        load_judge(tmp_path / "no-such-model")
+    with pytest.raises(ValueError, match="two or more"):
+        generative_perplexity(["the", ""], load_judge(tiny_judge))
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
+    from edlm import checkpoint
+    from edlm.config import ModelConfig, TrainConfig
+    from edlm.eval_cli import cmd_eval
+    from edlm.models import ARModel, Denoiser, EnergyModel
+
+    monkeypatch.setenv("EDLM_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "t.txt"
+    text.write_text("it is a truth universally acknowledged that a single man in possession " * 6)
+    mc = ModelConfig(vocab_size=28, length=16, dim=32, n_heads=2, n_layers=1, cond_dim=16)
+    torch.manual_seed(0)
+    den = Denoiser(mc)
+    models = {"denoiser": den, "ar": ARModel(mc), "energy": EnergyModel.from_denoiser(den)}
+    for kind, model in models.items():
+        checkpoint.save(
+            tmp_path / kind,
+            1,
+            model_state=model.state_dict(),
+            cfg=TrainConfig(model=kind, model_config=mc, tokenizer="char"),
+        )
+    common = [
+        "--denoiser",
+        str(tmp_path / "denoiser"),
+        "--data",
+        str(text),
+        "--num-sequences",
+        "4",
+        "--num-t",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
+    assert cmd_eval(common + ["--energy", f"ar:{tmp_path / 'ar'}"]) == 0
+    out = capsys.readouterr().out
+    assert "MDLM (NELBO)" in out and "EDLM (Z = 1 exact)" in out
+    assert (
+        cmd_eval(common + ["--energy", f"nce:{tmp_path / 'energy'}", "--num-is", "3", "--json"])
+        == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert res["num_is"] == 3 and res["edlm_u_per_token"] == pytest.approx(
+        res["nelbo_per_token"], rel=1e-6
+    )
+    with pytest.raises(SystemExit, match="not 'energy'"):
+        cmd_eval(common + ["--energy", f"nce:{tmp_path / 'ar'}"])
+    with pytest.raises(SystemExit, match="KIND:PATH"):
+        cmd_eval(common + ["--energy", "foo"])
