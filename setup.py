@@ -6,6 +6,9 @@ listed in csrc/sources.txt, which CMakeLists.txt reads too.
 """
 
 import os
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,17 +44,55 @@ def read_sources():
     return kinds
 
 
+def cuda_toolkit_root():
+    """The CUDA toolkit root, or None: torch's CUDA_HOME when it holds the headers, else the TOP
+    that nvcc reports (the nvcc on PATH may be a wrapper script outside the toolkit)."""
+    home = cpp_extension.CUDA_HOME
+    if home and (Path(home) / "include" / "cuda_runtime.h").is_file():
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+    if match is None:
+        return None
+    top = os.path.realpath(match.group(1).strip())
+    return top if (Path(top) / "include" / "cuda_runtime.h").is_file() else None
+
+
 def want_cuda(cuda_sources):
     flag = os.environ.get("EDLM_CUDA", "")
     if flag not in ("", "0", "1"):
         sys.exit(f"edlm: EDLM_CUDA must be 0 or 1, got {flag!r}")
-    available = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    if flag == "1" and not available:
-        sys.exit(
-            "edlm: EDLM_CUDA=1 but CUDA cannot be built here: torch.version.cuda = "
-            f"{torch.version.cuda}, CUDA_HOME = {cpp_extension.CUDA_HOME}"
-        )
-    return bool(cuda_sources) and available and flag != "0"
+    if flag == "0" or not cuda_sources:
+        return False
+    root = cuda_toolkit_root() if torch.version.cuda is not None else None
+    if root is None:
+        if flag == "1":
+            sys.exit(
+                "edlm: EDLM_CUDA=1 but CUDA cannot be built here: torch.version.cuda = "
+                f"{torch.version.cuda}, CUDA_HOME = {cpp_extension.CUDA_HOME} (set CUDA_HOME to the "
+                "toolkit root, the folder with bin/nvcc and include/cuda_runtime.h)"
+            )
+        return False
+    # cpp_extension reads its module-level CUDA_HOME when it builds: point it at the real root.
+    cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = root
+    return True
+
+
+def torch_cuda_include_dirs():
+    """Header folders of torch's CUDA pip packages (nvidia/cu13/include, ...): ATen's CUDA headers
+    include cuBLAS, cuSPARSE and cuSOLVER headers that a bare toolkit may lack."""
+    nvidia = Path(torch.__file__).resolve().parent.parent / "nvidia"
+    dirs = sorted(nvidia.glob("cu[0-9]*/include")) or sorted(nvidia.glob("*/include"))
+    return [str(d) for d in dirs if d.is_dir()]
 
 
 class BuildExt(cpp_extension.BuildExtension):
@@ -84,7 +125,14 @@ def make_extension():
         extra_link_args=["-fopenmp"],
     )
     if with_cuda:
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-DEDLM_WITH_CUDA", "--use_fast_math"]
+        # Ampere and Hopper (plus PTX for newer cards) unless the user chose.
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        # -isystem: searched after the toolkit's own -I folders, so toolkit headers win.
+        system_includes = [f for d in torch_cuda_include_dirs() for f in ("-isystem", d)]
+        kwargs["extra_compile_args"]["nvcc"] = [
+            "-O3", "-DEDLM_WITH_CUDA", "--use_fast_math", *system_includes
+        ]
         ext = cpp_extension.CUDAExtension(**kwargs)
     else:
         ext = cpp_extension.CppExtension(**kwargs)

@@ -57,9 +57,9 @@ class Row:
 class Table:
     rows: list = field(default_factory=list)
 
-    def add(self, benchmark, group, label, fn, baseline=False, note=""):
+    def add(self, benchmark, group, label, fn, baseline=False, note="", rounds=None):
         """Times fn with `benchmark` (already checked by the caller) and records a row."""
-        rounds = 3 if baseline else 10
+        rounds = rounds or (3 if baseline else 10)
         benchmark.group = group
         benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
         stats = getattr(benchmark, "stats", None)

@@ -1,0 +1,303 @@
+// edlm::masked_sample on CUDA: one block per position, exact inverse-CDF sampling from
+// softmax(logits / T) without the mask column (EDLM.md trap 6), keyed like the CPU kernel.
+//
+// Algorithm. A block first reads xt: an unmasked position is carried over (tokens = xt, logp = 0)
+// and a masked one whose K reveal draws all miss gets (mask_id, 0); neither reads its logits. Else
+// each thread streams its segment of the row (16-byte loads; segment t = vectors t, t + 256, ...)
+// once, keeping an online max m_t and the fp32 sum s_t of exp((x - m_t) / T). A block max M and an
+// fp64 block scan of the segment masses w_t = s_t exp((m_t - M) / T) give the cumulative masses.
+// Each draw k (one warp per draw, so K draws run side by side) takes two 53-bit uniforms: the
+// first picks the segment whose cumulative interval holds u1 * total, the second picks a token
+// inside it by an fp64 inverse CDF over its fp32 exponentials (the warp rescans the segment: a
+// lane scan, then the chosen lane rescans its own elements). A token 1e-9 below the top one is
+// drawn at its true rate, and K draws cost one pass over the row plus K segment rescans.
+//
+// Bad input. Shapes, dtypes, devices and scalars are checked on the host (csrc/checks.cpp) and
+// raise a normal RuntimeError. The value errors (an xt id outside [0, V), a reveal_prob tensor
+// value outside [0, 1], NaN or +inf logits at a masked position that is drawn, a drawn position
+// whose logits are -inf for every real token) depend on data that lives on the device, and raising
+// them from the host would need a device-to-host sync in every call (no CUDA graphs, a stalled
+// sampling loop). So the kernel prints the op, the position and the problem, then fails a
+// CUDA_KERNEL_ASSERT: the call returns, the next synchronizing call raises "CUDA error:
+// device-side assert triggered", and the CUDA context is unusable until the process restarts, as
+// for any device-side assert in PyTorch. No garbage is ever returned silently. For a Python
+// exception instead, run the same call on the CPU.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <ATen/cuda/PhiloxUtils.cuh>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <limits>
+#include <mutex>
+
+#include "../csrc/checks.h"
+#include "../csrc/philox.h"
+#include "common.cuh"
+
+namespace edlm::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+struct MaskedSampleArgs {
+  const void* logits;  // [B, L, V] contiguous
+  const int64_t* xt;   // [B, L]
+  int64_t* tokens;     // [B, K, L]
+  float* logp;         // [B, K, L]
+  int64_t L, K;
+  int V, mask_id;
+  float inv_t;
+  double reveal_prob;             // used when reveal_prob_rows is null
+  const float* reveal_prob_rows;  // [B] or null
+  at::PhiloxCudaState philox;
+};
+
+__device__ __forceinline__ bool revealed(double prob, uint32_t l, uint32_t k, uint32_t b,
+                                         uint64_t key) {
+  if (prob >= 1.0) return true;
+  if (!(prob > 0.0)) return false;
+  const Philox4 u = philox4x32_10(l, k, b, kRevealStream, key);
+  return uniform53(u.w[0], u.w[1]) < prob;
+}
+
+template <typename D>
+__global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const MaskedSampleArgs a) {
+  using S = typename D::storage;
+  constexpr int kVec = D::kVec;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t pos = blockIdx.x, b = pos / a.L, l = pos % a.L, K = a.K, L = a.L;
+  const int64_t x = a.xt[pos];
+  const double prob =
+      a.reveal_prob_rows ? static_cast<double>(a.reveal_prob_rows[b]) : a.reveal_prob;
+  if (tid == 0) {
+    EDLM_DEVICE_CHECK(x >= 0 && x < a.V,
+                      "masked_sample: xt[%lld, %lld] = %lld is outside [0, V) with V = %d",
+                      (long long)b, (long long)l, (long long)x, a.V);
+    EDLM_DEVICE_CHECK(prob >= 0.0 && prob <= 1.0,
+                      "masked_sample: reveal_prob[%lld] = %f is outside [0, 1]", (long long)b,
+                      prob);
+  }
+  if (x != a.mask_id) {  // carry-over (or a bad id, asserted above)
+    for (int64_t k = tid; k < K; k += kThreads) {
+      a.tokens[(b * K + k) * L + l] = x;
+      a.logp[(b * K + k) * L + l] = 0.f;
+    }
+    return;
+  }
+  if (!(prob >= 0.0 && prob <= 1.0)) return;
+
+  const auto seeds = at::cuda::philox::unpack(a.philox);
+  const uint64_t key = call_key(std::get<0>(seeds), std::get<1>(seeds));
+  const uint32_t l32 = static_cast<uint32_t>(l), b32 = static_cast<uint32_t>(b);
+  bool any = false;
+  for (int64_t k = tid; k < K; k += kThreads) {
+    if (revealed(prob, l32, static_cast<uint32_t>(k), b32, key)) {
+      any = true;
+    } else {
+      a.tokens[(b * K + k) * L + l] = a.mask_id;
+      a.logp[(b * K + k) * L + l] = 0.f;
+    }
+  }
+  if (!__syncthreads_or(any)) return;  // nothing revealed: the logits are never read
+
+  // One pass over the row: per-thread max and fp32 exp-sum against it.
+  const S* row = static_cast<const S*>(a.logits) + pos * a.V;
+  const RowLayout lay = row_layout<D>(row, a.V);
+  const float scale = a.inv_t * kLog2e;  // exp(y / T) = exp2f(y * scale)
+  const OnlineSum acc = row_pass<D, kThreads>(row, lay, a.mask_id, scale, tid);
+  if (__syncthreads_or(acc.invalid())) {
+    if (tid == 0) {
+      EDLM_DEVICE_CHECK(
+          false, "masked_sample: logits[%lld, %lld] contain NaN or +inf at a masked position",
+          (long long)b, (long long)l);
+    }
+    return;
+  }
+
+  using BlockReduceF = cub::BlockReduce<float, kThreads>;
+  using BlockReduceI = cub::BlockReduce<int, kThreads>;
+  using BlockScanD = cub::BlockScan<double, kThreads>;
+  __shared__ union {
+    typename BlockReduceF::TempStorage reduce_f;
+    typename BlockReduceI::TempStorage reduce_i;
+    typename BlockScanD::TempStorage scan_d;
+  } tmp;
+  __shared__ double prefix[kThreads];  // inclusive cumulative segment masses
+  __shared__ float seg_max[kThreads];
+  __shared__ bool seg_positive[kThreads];
+  __shared__ float row_max_sh;
+  __shared__ int last_positive_sh;
+
+  const float row_max_t0 = BlockReduceF(tmp.reduce_f).Reduce(acc.m, MaxOp{});
+  if (tid == 0) row_max_sh = row_max_t0;
+  __syncthreads();
+  const float row_max = row_max_sh;
+  if (row_max == -kInf) {
+    if (tid == 0) {
+      EDLM_DEVICE_CHECK(
+          false,
+          "masked_sample: logits[%lld, %lld] are -inf for every token but the mask at a "
+          "masked position: nothing to draw",
+          (long long)b, (long long)l);
+    }
+    return;
+  }
+  const double w =
+      acc.s > 0.f ? static_cast<double>(acc.s) *
+                        exp((static_cast<double>(acc.m) - row_max) * static_cast<double>(a.inv_t))
+                  : 0.0;
+  double incl, total;
+  BlockScanD(tmp.scan_d).InclusiveSum(w, incl, total);
+  prefix[tid] = incl;
+  seg_max[tid] = acc.m;
+  seg_positive[tid] = w > 0.0;
+  __syncthreads();
+  const int last_positive_t0 = BlockReduceI(tmp.reduce_i).Reduce(w > 0.0 ? tid : -1, MaxOp{});
+  if (tid == 0) last_positive_sh = last_positive_t0;
+  __syncthreads();
+  const double log_total = log(total);
+
+  // Draws: warp `warp` takes k = warp, warp + kWarps, ...
+  const S* vec_base = row + lay.head;
+  for (int64_t k = warp; k < K; k += kWarps) {
+    const uint32_t k32 = static_cast<uint32_t>(k);
+    if (!revealed(prob, l32, k32, b32, key)) continue;
+    const Philox4 u = philox4x32_10(l32, k32, b32, kTokenStream, key);
+
+    // Segment: the first with positive mass whose cumulative mass exceeds u1 * total.
+    const double target = uniform53(u.w[0], u.w[1]) * total;
+    int c = -1;
+    for (int base = 0; base < kThreads; base += 32) {
+      const int t = base + lane;
+      const unsigned hit = __ballot_sync(kFullMask, seg_positive[t] && prefix[t] > target);
+      if (hit) {
+        c = base + __ffs(hit) - 1;
+        break;
+      }
+    }
+    if (c < 0) c = last_positive_sh;  // u1 * total rounded up to total
+
+    // Token inside segment c: lane i takes vectors c + (i + 32 r) * kThreads, lane 0 also the
+    // head and tail elements; the same visit order both times.
+    const float mc = seg_max[c];
+    auto visit = [&](auto&& f) {
+      if (lane == 0) {
+        if (c < lay.head) f(c, D::to_float(row[c]));
+        if (c < lay.tail) {
+          const int col = lay.head + lay.nv * kVec + c;
+          f(col, D::to_float(row[col]));
+        }
+      }
+      for (int v = c + lane * kThreads; v < lay.nv; v += 32 * kThreads) {
+        float xs[kVec];
+        load_vec<D>(vec_base + v * kVec, xs);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) f(lay.head + v * kVec + j, xs[j]);
+      }
+    };
+    auto weight = [&](int col, float xv) {
+      return col == a.mask_id ? 0.f : exp2f((xv - mc) * scale);
+    };
+    double lane_sum = 0.0;
+    visit([&](int col, float xv) { lane_sum += weight(col, xv); });
+    const double lane_incl = warp_inclusive_sum(lane_sum, lane);
+    const double seg_total = __shfl_sync(kFullMask, lane_incl, 31);
+    double lane_excl = __shfl_up_sync(kFullMask, lane_incl, 1);
+    if (lane == 0) lane_excl = 0.0;
+    const double target2 = uniform53(u.w[2], u.w[3]) * seg_total;
+    const unsigned hit = __ballot_sync(kFullMask, lane_sum > 0.0 && lane_incl > target2);
+    const unsigned positive = __ballot_sync(kFullMask, lane_sum > 0.0);  // never 0: holds mc itself
+    const int src = hit ? __ffs(hit) - 1 : 31 - __clz(positive);
+    if (lane == src) {
+      double cum = lane_excl;
+      int pick = -1, last = -1;
+      visit([&](int col, float xv) {
+        const float e = weight(col, xv);
+        if (pick < 0 && e > 0.f) {
+          last = col;
+          cum += e;
+          if (cum > target2) pick = col;
+        }
+      });
+      if (pick < 0) pick = last;
+      const double xp = D::to_float(row[pick]);
+      a.tokens[(b * K + k) * L + l] = pick;
+      a.logp[(b * K + k) * L + l] =
+          static_cast<float>((xp - row_max) * static_cast<double>(a.inv_t) - log_total);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(
+    const at::Tensor& logits_in, const at::Tensor& xt_in, int64_t mask_id, int64_t num_samples,
+    double temperature, double reveal_prob, const std::optional<at::Tensor>& reveal_prob_rows,
+    std::optional<at::Generator> generator) {
+  constexpr const char* op = "masked_sample";
+  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature, reveal_prob,
+                      reveal_prob_rows);
+  TORCH_CHECK(logits_in.is_cuda(), op, ": expected CUDA tensors, got ", logits_in.device());
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor xt = xt_in.contiguous();
+  const at::Tensor rows =
+      reveal_prob_rows.has_value() ? reveal_prob_rows->contiguous() : at::Tensor();
+  const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2), K = num_samples;
+  TORCH_CHECK(V <= std::numeric_limits<int>::max(), op, ": V must be below 2^31, got ", V);
+  TORCH_CHECK(B * L <= std::numeric_limits<int>::max(), op,
+              ": B * L must be below 2^31 on CUDA (one block per position), got ", B * L);
+
+  at::PhiloxCudaState philox;
+  {
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+        generator, at::cuda::detail::getDefaultCUDAGenerator());
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    philox = gen->philox_cuda_state(4);  // one call key per call: draws are keyed by coordinates
+  }
+
+  at::Tensor tokens = at::empty({B, K, L}, xt.options());
+  at::Tensor logp = at::empty({B, K, L}, logits.options().dtype(at::kFloat));
+  if (B * L == 0) return {tokens, logp};
+
+  MaskedSampleArgs a{};
+  a.logits = logits.data_ptr();
+  a.xt = xt.data_ptr<int64_t>();
+  a.tokens = tokens.data_ptr<int64_t>();
+  a.logp = logp.data_ptr<float>();
+  a.L = L;
+  a.K = K;
+  a.V = static_cast<int>(V);
+  a.mask_id = static_cast<int>(mask_id);
+  a.inv_t = static_cast<float>(1.0 / temperature);
+  a.reveal_prob = reveal_prob;
+  a.reveal_prob_rows = rows.defined() ? rows.data_ptr<float>() : nullptr;
+  a.philox = philox;
+
+  const dim3 grid(static_cast<unsigned>(B * L));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  switch (logits_type(op, logits)) {
+    case cpu::LogitsType::kFloat:
+      masked_sample_kernel<F32><<<grid, kThreads, 0, stream>>>(a);
+      break;
+    case cpu::LogitsType::kBFloat16:
+      masked_sample_kernel<BF16><<<grid, kThreads, 0, stream>>>(a);
+      break;
+    case cpu::LogitsType::kHalf:
+      masked_sample_kernel<F16><<<grid, kThreads, 0, stream>>>(a);
+      break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {tokens, logp};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edlm, CUDA, m) { m.impl("masked_sample", &masked_sample_cuda); }
+
+}  // namespace edlm::cuda
