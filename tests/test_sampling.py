@@ -3,7 +3,6 @@ proposal, the EDLM target mu * exp(-E) / Z and the AR conditional can be enumera
 match the proposal, importance sampling moves towards the target as k grows and away from it with
 the sign flipped, rows keep their own candidates, the window is honoured, prompts are kept."""
 
-import itertools
 import math
 
 import pytest
@@ -13,42 +12,7 @@ from statcheck import chi_square, chi_square_bound
 import edlm
 from edlm.models import AREnergy
 
-V, L, MASK = 3, 4, 3
-SEQS = torch.tensor(list(itertools.product(range(V), repeat=L)))  # [81, L]
-POW = torch.tensor([V**i for i in range(L - 1, -1, -1)])
-
-
-def seq_id(x):
-    return (x * POW).sum(-1)
-
-
-class ToyDenoiser:
-    """mu(x0_l | xt): a fixed table per position, plus a pull towards the left neighbour's token
-    when that neighbour is known (so multi-step sampling depends on xt)."""
-
-    def __init__(self, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.base = torch.randn(L, V, generator=g) * 1.2
-        self.calls = 0
-
-    def __call__(self, xt, t):
-        self.calls += 1
-        B = xt.shape[0]
-        logits = self.base.expand(B, L, V).clone()
-        left = torch.cat([torch.full((B, 1), MASK), xt[:, :-1]], dim=1)
-        known = left != MASK
-        logits[known] += 1.5 * torch.nn.functional.one_hot(left[known], V).float()
-        out = torch.cat([logits, torch.full((B, L, 1), float("-inf"))], dim=-1).log_softmax(-1)
-        carry = torch.full_like(out, float("-inf")).scatter_(-1, xt[..., None], 0.0)
-        return torch.where((xt != MASK)[..., None], carry, out)
-
-    def proposal(self, xt):
-        """Exact one-step proposal over the 81 sequences given xt [L] (factorized)."""
-        logp = self(xt[None], torch.ones(1))[0]  # [L, V+1]
-        return logp[torch.arange(L), SEQS].sum(-1).exp()  # [81]
-
-
-ENERGY = torch.randn(81, generator=torch.Generator().manual_seed(1)) * 1.5
+from toy import ENERGY, L, MASK, SEQS, V, ToyAR, ToyDenoiser, seq_id  # noqa: F401
 
 
 def table_energy(sign=1.0):
@@ -199,26 +163,11 @@ def test_bad_arguments():
 # ---------------------------------------------------------------- the AR energy
 
 
-class ToyAR:
-    """p_AR(x_l | x_<l) from the previous token (the mask id starts the sequence)."""
-
-    def __init__(self):
-        self.table = torch.randn(V + 1, V + 1, generator=torch.Generator().manual_seed(4)) * 1.5
-        self.table[:, MASK] = float("-inf")
-
-    def __call__(self, x):
-        prev = torch.cat([torch.full((x.shape[0], 1), MASK), x[:, :-1]], dim=1)
-        return self.table[prev]  # [N, L, V+1]
-
-    def log_cond(self, x):
-        return self(x).log_softmax(-1).gather(-1, x[..., None])[..., 0]  # [N, L]
-
-
 def test_ar_energy_equals_its_definition():
     ar = ToyAR()
     xt = torch.tensor([[MASK, 1, MASK, MASK]]).expand(81, L)
     lp = torch.randn(81)
-    cond = ar.log_cond(SEQS)
+    cond = ar.log_cond(SEQS).float()
     masked = (xt == MASK).float()
     e = AREnergy(ar, MASK)(SEQS, xt, torch.ones(81), lp)
     torch.testing.assert_close(e, -(cond * masked).sum(-1) + lp)
