@@ -9,7 +9,7 @@ import edlm
 from edlm.config import preset
 from edlm.models import AREnergy, ARModel, Denoiser
 
-B, STEPS = 4, 32
+B, STEPS = 4, 16
 CFG = preset("tiny")
 L, MASK = CFG.length, CFG.mask_id
 GROUP = f"sample tiny B={B} L={L} steps={STEPS}"
