@@ -6,11 +6,10 @@ Tests import the installed edlm (with its compiled edlm._C); CUDA cases skip wit
 import os
 
 import pytest
-import torch
 
 import edlm
 
-HAS_CUDA = torch.cuda.is_available() and edlm._C.has_cuda()
+from devices import HAS_CUDA  # noqa: E402
 
 DEVICES = [
     "cpu",

@@ -8,6 +8,8 @@ import pytest
 import torch
 from statcheck import chi_square, chi_square_bound
 
+from devices import HAS_CUDA
+
 from edlm import ops, reference
 
 
@@ -127,3 +129,13 @@ def test_bad_values_cpu():
     bad(r"importance_resample: log_weights\[1, 2\] = inf", log_w)
     log_w[1] = float("-inf")
     bad(r"importance_resample: log_weights\[1\] is -inf for every candidate", log_w)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no GPU or no CUDA kernels built")
+def test_cuda_matches_the_cpu_kernel():
+    log_w = torch.randn(64, 33) * 4
+    log_w[3, 5:] = float("-inf")
+    _, ess_cpu = ops.importance_resample(log_w, num_samples=2)
+    index, ess_gpu = ops.importance_resample(log_w.cuda(), num_samples=2)
+    torch.testing.assert_close(ess_gpu.cpu(), ess_cpu, rtol=1e-6, atol=0)
+    assert torch.all(index[3] < 5)

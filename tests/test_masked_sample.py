@@ -8,6 +8,8 @@ import pytest
 import torch
 from statcheck import chi_square, chi_square_bound
 
+from devices import HAS_CUDA
+
 from edlm import ops, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -373,3 +375,24 @@ def test_bad_values_cpu():
     xt_clear[1, 1] = 1
     ops.masked_sample(dead, xt_clear, 4)
     ops.masked_sample(nan, xt_clear, 4)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no GPU or no CUDA kernels built")
+def test_cuda_agrees_with_the_cpu_kernel_in_distribution():
+    # Different generators, so not draw for draw: the two devices' draws over the same rows fit
+    # each other (two-sample chi-square) and carry the same log-probabilities for the same tokens.
+    torch.manual_seed(0)
+    V, K = 40, 20000
+    logits = torch.randn(2, 1, V) * 2
+    xt = torch.full((2, 1), V - 1)
+    tc, lc = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0))
+    tg, lg = ops.masked_sample(logits.cuda(), xt.cuda(), V - 1, num_samples=K, generator=gen(0, "cuda"))
+    for b in range(2):
+        a = torch.bincount(tc[b, :, 0], minlength=V).double()
+        g = torch.bincount(tg[b, :, 0].cpu(), minlength=V).double()
+        keep = (a + g) > 0
+        stat = (((a - g) ** 2) / (a + g))[keep].sum().item()
+        assert stat < chi_square_bound(int(keep.sum()) - 1)
+    ref = reference.masked_sample_probs(logits, V - 1).log()
+    expect = ref.unsqueeze(1).expand(2, K, 1, V).gather(-1, tg.cpu()[..., None])[..., 0]
+    torch.testing.assert_close(lg.cpu(), expect.float(), rtol=0, atol=2e-5)

@@ -5,6 +5,8 @@ torch integration and bad input."""
 import pytest
 import torch
 
+from devices import HAS_CUDA
+
 from edlm import ops, reference
 
 
@@ -148,3 +150,13 @@ def test_bad_token_values_cpu():
     bad(r"sequence_logprob: tokens\[1, 1\] = 5 is outside \[0, V\) with V = 5", logits, tokens)
     tokens[1, 1] = -1
     bad(r"sequence_logprob: tokens\[1, 1\] = -1", logits, tokens)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no GPU or no CUDA kernels built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_the_cpu_kernel(dtype):
+    logits, tokens = case(4, 97, 50258, "cpu", dtype)
+    weight = torch.rand(4, 97) > 0.3
+    cpu = ops.sequence_logprob(logits, tokens, weight)
+    gpu = ops.sequence_logprob(logits.cuda(), tokens.cuda(), weight.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-3)
