@@ -69,7 +69,11 @@ def save(run_dir, step: int, *, model_state: dict, cfg, ema_state: dict | None =
             torch.save(train_state, tmp / "train_state.pt")
         (tmp / "config.json").write_text(config_mod.dumps(cfg))
         (tmp / "meta.json").write_text(json.dumps({"step": step, "metrics": metrics or {}}, indent=2))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary folder
         for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if final.exists():

@@ -1,4 +1,4 @@
-"""The `edlm` command line: train, sample, eval.
+"""The `edlm` command line: train, sample, eval, demo.
 
 `edlm train --model denoiser --preset tiny --data austen-char --steps=2000 --model.dim=256`:
 any TrainConfig field (or model.<field>) can be set as --key=value; unknown keys are errors.
@@ -77,7 +77,7 @@ def cmd_sample(argv: list[str]) -> int:
     import torch
 
     p = argparse.ArgumentParser(prog="edlm sample", description="Generate text with MDLM or EDLM.")
-    p.add_argument("--denoiser", required=True, help="denoiser checkpoint (run or checkpoint directory)")
+    p.add_argument("--denoiser", default=None, help="denoiser checkpoint (default: the bundled denoiser-tiny)")
     p.add_argument("--energy", default=None, help="ar:CKPT | ar-full:CKPT | nce:CKPT | hf:PATH | hf-full:PATH (default: none, plain MDLM)")
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--k", type=int, default=4, help="importance-sampling candidates (with --energy)")
@@ -94,6 +94,10 @@ def cmd_sample(argv: list[str]) -> int:
     from . import checkpoint
     from .models.energy import load_energy
 
+    if args.denoiser is None:
+        from .demo import bundled
+
+        args.denoiser = str(bundled("denoiser-tiny"))
     try:
         denoiser, cfg = checkpoint.load_model(args.denoiser, args.device)
         if cfg.model != "denoiser":
@@ -151,7 +155,13 @@ def cmd_eval(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+def cmd_demo(argv: list[str]) -> int:
+    from .demo import cmd_demo as run
+
+    return run(argv)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
