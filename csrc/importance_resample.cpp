@@ -1,17 +1,16 @@
 // edlm::importance_resample on the CPU: per row, normalized importance weights in fp64, their
 // effective sample size, and i.i.d. inverse-CDF draws keyed by (row, draw) with Philox.
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <mutex>
 #include <vector>
 
 #include "checks.h"
+#include "cpu_generator.h"
 #include "philox.h"
 
 namespace edlm {
@@ -27,14 +26,7 @@ std::tuple<at::Tensor, at::Tensor> importance_resample_cpu(
   const at::Tensor log_weights = log_weights_in.contiguous();
   const int64_t B = log_weights.size(0), K = log_weights.size(1), S = num_samples;
 
-  uint64_t seed;
-  {
-    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
-        generator, at::detail::getDefaultCPUGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    seed = gen->random64();
-  }
-  const uint64_t key = call_key(seed, 0);
+  const uint64_t key = cpu_call_key(generator);
 
   at::Tensor index = at::empty({B, S}, log_weights.options().dtype(at::kLong));
   at::Tensor ess = at::empty({B}, log_weights.options());

@@ -1,13 +1,12 @@
 // edlm::masked_sample on the CPU: value checks, the generator draw, the block layout of the
 // vocabulary, and the call into the vectorized kernel (csrc/kernels/masked_sample_kernel.cpp).
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
-#include <mutex>
 #include <vector>
 
 #include "checks.h"
+#include "cpu_generator.h"
 #include "philox.h"
 
 namespace edlm {
@@ -17,13 +16,6 @@ namespace {
 // Vocabulary block of the two-level inverse CDF: long enough that the per-block work amortizes,
 // short enough that a draw's rescan of one block stays cheap and in L1.
 constexpr int64_t kSampleBlock = 512;
-
-uint64_t draw_seed(const std::optional<at::Generator>& generator) {
-  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
-      generator, at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  return gen->random64();
-}
 
 std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(
     const at::Tensor& logits_in, const at::Tensor& xt_in, int64_t mask_id, int64_t num_samples,
@@ -64,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(
     }
   }
 
-  const uint64_t key = call_key(draw_seed(generator), 0);
+  const uint64_t key = cpu_call_key(generator);
   // A fresh tensor: for K = 1, expand(...).contiguous() would alias xt.
   at::Tensor tokens = at::empty({B, K, L}, xt.options());
   tokens.copy_(xt.unsqueeze(1).expand({B, K, L}));
