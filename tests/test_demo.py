@@ -14,7 +14,8 @@ def test_bundled_checkpoints(name, kind):
 
 
 def test_demo_runs(capsys):
-    assert main(["demo", "--steps", "8", "--num", "2", "--k", "2", "--prompt", "it is a truth"]) == 0
+    argv = ["demo", "--steps", "8", "--num", "2", "--k", "2", "--prompt", "it is a truth", "--judge", "none"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     for method in ("MDLM", "EDLM-AR (k=2)", "EDLM-NCE (k=2)"):
         assert f"=== {method}" in out

@@ -161,7 +161,15 @@ def cmd_demo(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
+def cmd_sweep(argv: list[str]) -> int:
+    from .sweep import cmd_sweep as run
+
+    return run(argv)
+
+
+COMMANDS = {
+    "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo, "sweep": cmd_sweep,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

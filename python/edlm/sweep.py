@@ -1,0 +1,328 @@
+"""`edlm sweep`: sampling steps x methods (MDLM, EDLM-AR, EDLM-NCE; k and window as lists) ->
+a CSV, the samples as JSONL, and a PNG of generative perplexity against steps and against
+wall-clock seconds per sample, with unigram entropy (EDLM.md section 5).
+
+`edlm sweep --steps 8,16,32,64,128 --k 4 --window 1.0 --num 32 --out results/sweep`
+
+Every cell of the grid samples with the same seed (common random numbers across cells), times
+only the sampling (the first cell is preceded by an untimed warm-up call), and is scored by the
+same judge. `speed_at_equal_quality` reads the CSV rows back: the steps and seconds each method
+needs to reach a given generative perplexity, interpolated between grid points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FIELDS = [
+    "method", "steps", "k", "window", "num_samples", "seed", "gen_ppl", "judge_bpc", "entropy", "distinct_2",
+    "distinct_3", "denoiser_calls", "energy_calls", "is_steps", "mean_ess", "seconds_per_sample",
+]
+
+
+@dataclass
+class Method:
+    """A sampler in the grid: a label and its energy (None: MDLM)."""
+
+    name: str
+    energy: object = None
+
+
+def _list(text: str, kind, flag: str) -> list:
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"edlm sweep: {flag} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
+    if not values:
+        raise SystemExit(f"edlm sweep: {flag} is empty")
+    return values
+
+
+def grid(methods: list[Method], steps: list[int], ks: list[int], windows: list[float]) -> list[tuple]:
+    """The cells (method, steps, k, window): MDLM once per step count (k = 1, window = 0), each
+    EDLM method at every (steps, k, window)."""
+    cells = []
+    for m in methods:
+        for n in steps:
+            if m.energy is None:
+                cells.append((m, n, 1, 0.0))
+            else:
+                cells += [(m, n, k, w) for k in ks for w in windows]
+    return cells
+
+
+def run_sweep(
+    denoiser,
+    methods: list[Method],
+    *,
+    steps: list[int],
+    ks: list[int] = (4,),
+    windows: list[float] = (1.0,),
+    num_samples: int = 16,
+    batch_size: int = 16,
+    length: int | None = None,
+    mask_id: int | None = None,
+    decode=None,
+    judge=None,
+    seed: int = 0,
+    device="cpu",
+    progress: bool = True,
+    samples_out=None,
+) -> list[dict]:
+    """Samples every cell of the grid and measures it; returns one dict per cell (FIELDS).
+
+    decode: token ids -> text, for the judge and `samples_out` (a writable text file, JSONL).
+    judge: a `Judge` (or None: gen_ppl is NaN)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .evaluate import distinct_n, judge_scores, unigram_entropy
+    from .sampling import sample
+
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"run_sweep: num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+    if any(n < 1 for n in steps) or any(k < 1 for k in ks) or any(not 0 <= w <= 1 for w in windows):
+        raise ValueError(f"run_sweep: steps and k must be >= 1 and windows in [0, 1], got {steps}, {ks}, {windows}")
+    if judge is not None and decode is None:
+        raise ValueError("run_sweep: a judge needs `decode` to turn samples into text")
+    mask_id = denoiser.mask_id if mask_id is None else mask_id
+    length = length or denoiser.cfg.length
+    cells = grid(methods, steps, ks, windows)
+
+    def draw(method, n, k, w, rows, generator):
+        return sample(
+            denoiser, batch_size=rows, length=length, mask_id=mask_id, steps=n,
+            energy=method.energy, num_candidates=k, window=w, generator=generator,
+            return_stats=True, device=device,
+        )
+
+    draw(cells[0][0], 2, 1, 0.0, 1, torch.Generator(device=device).manual_seed(seed))  # warm-up
+    results = []
+    bar = tqdm(cells, desc="edlm sweep", unit="cell", disable=not progress)
+    for method, n, k, w in bar:
+        bar.set_postfix_str(f"{method.name} steps={n} k={k} window={w:g}")
+        generator = torch.Generator(device=device).manual_seed(seed)
+        ids, calls, ecalls, is_steps, ess, seconds = [], 0, 0, 0, [], 0.0
+        for start in range(0, num_samples, batch_size):
+            rows = min(batch_size, num_samples - start)
+            t0 = time.perf_counter()
+            x, stats = draw(method, n, k, w, rows, generator)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t0
+            ids += x.tolist()
+            calls += stats["network_calls"]
+            ecalls += stats["energy_calls"]
+            is_steps += stats["is_steps"]
+            if stats["ess"].numel():
+                ess.append(stats["ess"].float().flatten().cpu())
+        texts = [decode(r) for r in ids] if decode is not None else None
+        scores = judge_scores(texts, judge) if judge is not None else {}
+        row = {
+            "method": method.name, "steps": n, "k": k, "window": w, "num_samples": num_samples,
+            "seed": seed, "gen_ppl": scores.get("perplexity", math.nan),
+            "judge_bpc": scores.get("bits_per_char", math.nan),
+            "entropy": unigram_entropy(ids), "distinct_2": distinct_n(ids, 2),
+            "distinct_3": distinct_n(ids, 3), "denoiser_calls": calls, "energy_calls": ecalls,
+            "is_steps": is_steps,
+            "mean_ess": float(torch.cat(ess).mean()) if ess else math.nan,
+            "seconds_per_sample": seconds / num_samples,
+        }
+        results.append(row)
+        if samples_out is not None:
+            for i, r in enumerate(ids):
+                rec = {"method": method.name, "steps": n, "k": k, "window": w, "seed": seed, "index": i}
+                if texts is not None:
+                    rec["text"] = texts[i]
+                rec["tokens"] = r
+                samples_out.write(json.dumps(rec) + "\n")
+    return results
+
+
+def write_csv(rows: list[dict], path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in FIELDS})
+
+
+def read_csv(path) -> list[dict]:
+    ints = {"steps", "k", "num_samples", "seed", "denoiser_calls", "energy_calls", "is_steps"}
+    with open(path, newline="") as f:
+        return [
+            {k: (v if k == "method" else int(v) if k in ints else float(v)) for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]
+
+
+def series(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped into curves over steps: one per (method, k, window), sorted by steps."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        label = r["method"] if r["k"] == 1 and r["window"] == 0 else f"{r['method']} k={r['k']} w={r['window']:g}"
+        out.setdefault(label, []).append(r)
+    return {k: sorted(v, key=lambda r: r["steps"]) for k, v in out.items()}
+
+
+def first_reach(curve: list[dict], target: float, key: str = "gen_ppl") -> dict | None:
+    """Where a curve (sorted by steps) first reaches `key` <= target: the steps and seconds per
+    sample, interpolated linearly in log steps / log seconds between the two grid points around
+    the crossing. None if it never does (or the curve has no `key`)."""
+    prev = None
+    for r in curve:
+        v = r[key]
+        if math.isnan(v):
+            return None
+        if v <= target:
+            if prev is None or prev[key] == v:
+                return {"steps": float(r["steps"]), "seconds": r["seconds_per_sample"]}
+            a = (prev[key] - target) / (prev[key] - v)  # in (0, 1]
+
+            def lerp(x0, x1):
+                return math.exp(math.log(x0) + a * (math.log(x1) - math.log(x0)))
+
+            return {
+                "steps": lerp(prev["steps"], r["steps"]),
+                "seconds": lerp(prev["seconds_per_sample"], r["seconds_per_sample"]),
+            }
+        prev = r
+    return None
+
+
+def speed_at_equal_quality(
+    rows: list[dict], target: float, baseline: str = "MDLM", key: str = "gen_ppl"
+) -> list[dict]:
+    """For each curve: the steps and seconds it needs to reach `key` <= `target` (generative
+    perplexity by default), and the baseline's need divided by its own (> 1: faster)."""
+    curves = series(rows)
+    base = first_reach(curves[baseline], target, key) if baseline in curves else None
+    out = []
+    for label, curve in curves.items():
+        hit = first_reach(curve, target, key)
+        rec = {"curve": label, "target": target, "steps": None, "seconds": None,
+               "steps_ratio": None, "seconds_ratio": None}
+        if hit is not None:
+            rec.update(steps=hit["steps"], seconds=hit["seconds"])
+            if base is not None:
+                rec.update(steps_ratio=base["steps"] / hit["steps"], seconds_ratio=base["seconds"] / hit["seconds"])
+        out.append(rec)
+    return out
+
+
+def plot(rows: list[dict], path, title: str = "") -> None:
+    """Generative perplexity against steps and against seconds per sample, and entropy against
+    steps, one line per curve (a figure of entropy alone when the rows have no perplexity)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("edlm sweep: the PNG plot needs matplotlib: pip install matplotlib") from None
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = series(rows)
+    has_ppl = any(not math.isnan(r["gen_ppl"]) for r in rows)
+    panels = (
+        [("steps", "gen_ppl"), ("seconds_per_sample", "gen_ppl"), ("steps", "judge_bpc"), ("steps", "entropy")]
+        if has_ppl
+        else [("steps", "entropy")]
+    )
+    cols = min(len(panels), 2)
+    rows_n = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.6 * cols, 4.2 * rows_n), squeeze=False)
+    names = {"steps": "sampling steps", "seconds_per_sample": "seconds per sample",
+             "gen_ppl": "generative perplexity (per judge token)",
+             "judge_bpc": "judge NLL, bits per character", "entropy": "unigram entropy (bits)"}
+    for ax, (x, y) in zip(axes.flat, panels):
+        for label, curve in curves.items():
+            ax.plot([r[x] for r in curve], [r[y] for r in curve], marker="o", label=label)
+        ax.set_xscale("log", base=2 if x == "steps" else 10)
+        if y == "gen_ppl":
+            ax.set_yscale("log")
+        ax.set_xlabel(names[x])
+        ax.set_ylabel(names[y])
+        ax.grid(True, which="both", alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title if has_ppl else f"{title} (no judge: entropy only)".strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="edlm sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--denoiser", default=None, help="denoiser checkpoint (default: the bundled denoiser-tiny)")
+    p.add_argument("--ar", default=None, help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ... (default: ar: the bundled ar-tiny)")
+    p.add_argument("--nce", default=None, help="EDLM-NCE energy spec, nce:CKPT (default: the bundled energy-tiny)")
+    p.add_argument("--methods", default="mdlm,edlm-ar,edlm-nce", help="any of mdlm, edlm-ar, edlm-nce")
+    p.add_argument("--steps", default="8,16,32,64,128", help="comma-separated step counts")
+    p.add_argument("--k", default="4", help="comma-separated candidate counts (EDLM)")
+    p.add_argument("--window", default="1.0", help="comma-separated IS windows in [0, 1] (EDLM)")
+    p.add_argument("--num", type=int, default=16, help="samples per cell")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per sampler call")
+    p.add_argument("--judge", default="auto", help="auto (SmolLM2 if installed) | none | smollm2 | a local HF model or .gguf")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="sweep", help="output folder: sweep.csv, sweep.png, samples.jsonl")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    steps = _list(args.steps, int, "--steps")
+    ks = _list(args.k, int, "--k")
+    windows = _list(args.window, float, "--window")
+    wanted = _list(args.methods, str, "--methods")
+    known = ("mdlm", "edlm-ar", "edlm-nce")
+    for m in wanted:
+        if m not in known:
+            raise SystemExit(f"edlm sweep: unknown method {m!r} in --methods; known: {', '.join(known)}")
+
+    from . import checkpoint
+    from .cli import tokenizer_of
+    from .demo import bundled
+    from .evaluate import JudgeNotInstalled, load_judge, resolve_judge
+    from .models.energy import load_energy
+
+    try:
+        denoiser, cfg = checkpoint.load_model(args.denoiser or bundled("denoiser-tiny"), args.device)
+        if cfg.model != "denoiser":
+            raise ValueError(f"--denoiser {args.denoiser}: the checkpoint holds a {cfg.model!r} model")
+        mask, vocab = denoiser.mask_id, cfg.model_config.vocab_size
+        specs = {"edlm-ar": args.ar or f"ar:{bundled('ar-tiny')}", "edlm-nce": args.nce or f"nce:{bundled('energy-tiny')}"}
+        labels = {"mdlm": "MDLM", "edlm-ar": "EDLM-AR", "edlm-nce": "EDLM-NCE"}
+        methods = [
+            Method(labels[m], None if m == "mdlm" else load_energy(specs[m], mask_id=mask, vocab_size=vocab, device=args.device))
+            for m in wanted
+        ]
+        tok = tokenizer_of(cfg)
+        judge_spec, judge_line = resolve_judge(args.judge)
+        judge = load_judge(judge_spec, device=args.device) if judge_spec else None
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"edlm sweep: {len(grid(methods, steps, ks, windows))} cells, {args.num} samples each; {judge_line}")
+        with open(out / "samples.jsonl", "w") as f:
+            rows = run_sweep(
+                denoiser, methods, steps=steps, ks=ks, windows=windows, num_samples=args.num,
+                batch_size=args.batch_size, decode=tok.decode, judge=judge, seed=args.seed,
+                device=args.device, progress=not args.no_progress, samples_out=f,
+            )
+    except (ValueError, FileNotFoundError, JudgeNotInstalled, ImportError, checkpoint.CheckpointError) as e:
+        raise SystemExit(f"edlm sweep: {e}") from None
+    write_csv(rows, out / "sweep.csv")
+    try:
+        plot(rows, out / "sweep.png", title=f"{cfg.preset} denoiser, {args.num} samples per point, seed {args.seed}")
+    except ImportError as e:
+        print(f"{e} (the CSV is written)")
+    print(f"{'curve':<28} {'steps':>5} {'gen ppl':>8} {'bits/ch':>7} {'entropy':>8} {'calls':>6} {'ESS':>5} {'s/sample':>9}")
+    for label, curve in series(rows).items():
+        for r in curve:
+            print(f"{label:<28} {r['steps']:5d} {r['gen_ppl']:8.2f} {r['judge_bpc']:7.3f} {r['entropy']:8.3f} "
+                  f"{r['denoiser_calls'] + r['energy_calls']:6d} {r['mean_ess']:5.2f} {r['seconds_per_sample']:9.4f}")
+    print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.png'}, {out / 'samples.jsonl'}")
+    return 0
