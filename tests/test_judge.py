@@ -8,10 +8,9 @@ import importlib.util
 import math
 import random
 
+import edlm.evaluate as ev
 import pytest
 import torch
-
-import edlm.evaluate as ev
 from edlm import checkpoint
 from edlm.cli import main
 from edlm.data import load_dataset

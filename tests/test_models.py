@@ -58,6 +58,34 @@ def test_ar_is_causal_and_scores_every_position():
     assert not torch.allclose(logits[:, 6:], changed[:, 6:])
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_ar_generate_draws_from_the_model(temperature):
+    """The empirical distribution of generated sequences (V = 3 real tokens, L = 3: 27 outcomes)
+    fits exp(sum_l log softmax(logits / T)) of the model's own forward: a shifted context, a wrong
+    temperature or a dropped position would not fit."""
+    import itertools
+
+    from statcheck import chi_square, chi_square_bound
+
+    cfg = ModelConfig(vocab_size=4, length=3, dim=32, n_heads=2, n_layers=2, cond_dim=16, dropout=0.0)
+    model = randomize(ARModel(cfg), seed=3).eval()
+    all_x = torch.tensor(list(itertools.product(range(3), repeat=3)))
+    with torch.no_grad():
+        logp = (model(all_x).double() / temperature).log_softmax(-1)
+    probs = logp.gather(-1, all_x[..., None]).squeeze(-1).sum(-1).exp()
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-9)
+    x = model.generate(20000, temperature=temperature, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (20000, 3) and x.max() < 3
+    counts = torch.bincount(x[:, 0] * 9 + x[:, 1] * 3 + x[:, 2], minlength=27)
+    stat, df = chi_square(counts, probs)
+    assert stat < chi_square_bound(df), (stat, df)
+    # the same generator state gives the same samples
+    again = model.generate(20000, temperature=temperature, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x, again)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        model.generate(2, temperature=0.0)
+
+
 def test_nelbo_estimator_matches_exact_integral():
     # A denoiser whose prediction depends on xt through its number of masks: the exact NELBO is
     # an integral over t of a sum over the 2^L masks, done here by quadrature; the training

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from edlm import checkpoint
 from edlm.cli import main
 from edlm.demo import bundled

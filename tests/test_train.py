@@ -92,6 +92,22 @@ def test_resume_continues_exactly(text_files, tmp_path):
     assert curve(tmp_path / "broken") == pytest.approx(curve(tmp_path / "straight"), rel=1e-5)
 
 
+def test_one_thread_training_is_bitwise_repeatable(text_files, tmp_path):
+    # `make checkpoints` relies on this to reproduce the bundled models byte for byte.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in ("a", "b"):
+            train(tiny_config(text_files, tmp_path / name), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = checkpoint.load(tmp_path / "a"), checkpoint.load(tmp_path / "b")
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
 def test_kill_mid_write_loses_nothing(text_files, tmp_path, monkeypatch):
     cfg = tiny_config(text_files, tmp_path / "run")
     real = checkpoint.save_file

@@ -36,7 +36,12 @@ def cmd_demo(argv: list[str]) -> int:
 
     from . import checkpoint
     from .evaluate import (
-        JudgeNotInstalled, distinct_n, judge_scores, load_judge, resolve_judge, unigram_entropy,
+        JudgeNotInstalled,
+        distinct_n,
+        judge_scores,
+        load_judge,
+        resolve_judge,
+        unigram_entropy,
     )
     from .models import AREnergy
     from .sampling import sample

@@ -30,9 +30,9 @@ __all__ = [
     "generative_perplexity",
     "judge_scores",
     "load_judge",
-    "resolve_judge",
     "log_z_estimates",
     "nelbo",
+    "resolve_judge",
     "unigram_entropy",
 ]
 

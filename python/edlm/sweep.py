@@ -171,6 +171,10 @@ def series(rows: list[dict]) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: r["steps"]) for k, v in out.items()}
 
 
+def _log_lerp(x0: float, x1: float, a: float) -> float:
+    return math.exp(math.log(x0) + a * (math.log(x1) - math.log(x0)))
+
+
 def first_reach(curve: list[dict], target: float, key: str = "gen_ppl") -> dict | None:
     """Where a curve (sorted by steps) first reaches `key` <= target: the steps and seconds per
     sample, interpolated linearly in log steps / log seconds between the two grid points around
@@ -184,13 +188,9 @@ def first_reach(curve: list[dict], target: float, key: str = "gen_ppl") -> dict 
             if prev is None or prev[key] == v:
                 return {"steps": float(r["steps"]), "seconds": r["seconds_per_sample"]}
             a = (prev[key] - target) / (prev[key] - v)  # in (0, 1]
-
-            def lerp(x0, x1):
-                return math.exp(math.log(x0) + a * (math.log(x1) - math.log(x0)))
-
             return {
-                "steps": lerp(prev["steps"], r["steps"]),
-                "seconds": lerp(prev["seconds_per_sample"], r["seconds_per_sample"]),
+                "steps": _log_lerp(prev["steps"], r["steps"], a),
+                "seconds": _log_lerp(prev["seconds_per_sample"], r["seconds_per_sample"], a),
             }
         prev = r
     return None

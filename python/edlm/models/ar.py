@@ -44,6 +44,31 @@ class ARModel(nn.Module):
         logits[..., self.mask_id] = float("-inf")  # the mask is never a next token
         return logits
 
+    @torch.no_grad()
+    def generate(
+        self,
+        batch_size: int,
+        length: int | None = None,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> torch.Tensor:
+        """Ancestral samples [batch_size, length] int64: each token from softmax(logits / T) given
+        the ones before it (no cache: one forward over the prefix per token; for baselines and
+        tests at small scale)."""
+        length = self.cfg.length if length is None else length
+        if batch_size < 1 or length < 1:
+            raise ValueError(f"ARModel.generate: batch_size and length must be >= 1, got {batch_size}, {length}")
+        if not temperature > 0:
+            raise ValueError(f"ARModel.generate: temperature must be > 0, got {temperature}")
+        device = device or next(self.parameters()).device
+        x = torch.zeros(batch_size, length, dtype=torch.long, device=device)
+        for pos in range(length):
+            logits = self(x[:, : pos + 1])[:, pos].double() / temperature
+            x[:, pos] = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+        return x
+
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Mean next-token negative log-likelihood (nats per token). batch: x [B, L]."""
         x = batch["x"]

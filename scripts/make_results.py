@@ -1,0 +1,447 @@
+"""Regenerates RESULTS.md and the tables and figures in results/ from the bundled tiny models
+(`make results`): likelihood bounds (MDLM against EDLM with T_n / U_n), generation at equal steps
+(generative perplexity under the judge, judge bits per character, entropy), speed at equal quality,
+and the effect of k and of the window. Every number in RESULTS.md comes from this one run.
+
+python scripts/make_results.py                 # the full run (about 15 minutes on 2 CPU cores)
+python scripts/make_results.py --quick --judge none --out-dir /tmp/r --results-md /tmp/r/R.md
+
+The training section is rewritten from runs/bundled (left by `make checkpoints`) when it is there,
+otherwise kept from results/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from edlm import checkpoint, ops
+from edlm.data import load_dataset
+from edlm.demo import bundled
+from edlm.evaluate import (
+    evaluate_likelihood,
+    judge_scores,
+    load_judge,
+    resolve_judge,
+    unigram_entropy,
+)
+from edlm.models import AREnergy
+from edlm.models.energy import load_energy
+from edlm.sweep import Method, plot, read_csv, run_sweep, series, speed_at_equal_quality, write_csv
+from edlm.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = (("Austen valid (Persuasion)", "austen-char", "valid"), ("KJV (zero-shot)", "kjv-char", "test"))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), no GPU used; "
+        f"torch {torch.__version__}, edlm CPU kernels: {ops.cpu_capability()}"
+    )
+
+
+def fmt(v, spec=".2f", none="-"):
+    return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+# --- likelihood -----------------------------------------------------------------------------
+
+
+def likelihood(denoiser, num_sequences, num_t, num_is, seed) -> list[dict]:
+    mask, vocab = denoiser.mask_id, denoiser.cfg.vocab_size
+    energies = [
+        ("NCE (energy-tiny)", f"nce:{bundled('energy-tiny')}"),
+        ("AR, carry-over (Z = 1)", f"ar:{bundled('ar-tiny')}"),
+        ("AR, whole sequence", f"ar-full:{bundled('ar-tiny')}"),
+    ]
+    out = []
+    for label, name, split in DATASETS:
+        data = load_dataset(name, split, block_size=denoiser.cfg.length, seed=seed)
+        n = min(num_sequences, len(data))
+        for elabel, spec in energies:
+            energy = load_energy(spec, mask_id=mask, vocab_size=vocab)
+            res = evaluate_likelihood(
+                denoiser, data, num_sequences=n, num_t=num_t, batch_size=32, energy=energy,
+                num_is=num_is, generator=torch.Generator().manual_seed(seed),
+            )
+            out.append({"data": label, "energy": elabel, **{k: v for k, v in res.items() if not isinstance(v, (list, dict))}})
+    return out
+
+
+def likelihood_table(rows) -> list[str]:
+    lines = [
+        "| data | energy | MDLM NELBO | EDLM with T_n (optimistic) | EDLM with U_n (reported) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        bits = 1 / math.log(2)
+        exact = r["num_is"] == 0
+        t = f"{r['edlm_t_bits_per_token']:.3f}" + (" (exact Z)" if exact else "")
+        u = "" if exact else f"**{r['edlm_u_bits_per_token']:.3f} +- {r['edlm_u_se'] * bits:.3f}**"
+        lines.append(
+            f"| {r['data']} | {r['energy']} | {r['nelbo_bits_per_token']:.3f} +- {r['nelbo_se'] * bits:.3f} | {t} | {u} |"
+        )
+    return lines
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+def ar_reference(ar, num, seed, tok, judge) -> dict:
+    t0 = time.perf_counter()
+    x = torch.cat([
+        ar.generate(min(32, num - i), generator=torch.Generator().manual_seed(seed + i))
+        for i in range(0, num, 32)
+    ])
+    seconds = (time.perf_counter() - t0) / num
+    texts = [tok.decode(r.tolist()) for r in x]
+    s = judge_scores(texts, judge) if judge is not None else {}
+    return {"gen_ppl": s.get("perplexity", math.nan), "judge_bpc": s.get("bits_per_char", math.nan),
+            "entropy": unigram_entropy(x), "seconds_per_sample": seconds, "texts": texts}
+
+
+def calls(r) -> float:
+    return (r["denoiser_calls"] + r["energy_calls"]) / math.ceil(r["num_samples"] / 32)
+
+
+def steps_table(rows, ar_ref) -> list[str]:
+    curves = series(rows)
+    steps = sorted({r["steps"] for r in rows})
+    head = "| curve | " + " | ".join(f"{n} steps" for n in steps) + " |"
+    lines = ["Generative perplexity (judge tokens) / judge bits per character / unigram entropy (bits):", "",
+             head, "|---|" + "---|" * len(steps)]
+    for label, curve in curves.items():
+        by = {r["steps"]: r for r in curve}
+        cells = [
+            f"{fmt(by[n]['gen_ppl'], '.1f')} / {fmt(by[n]['judge_bpc'], '.3f')} / {by[n]['entropy']:.3f}" if n in by else ""
+            for n in steps
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(
+        f"| AR (ancestral, reference) | {fmt(ar_ref['gen_ppl'], '.1f')} / {fmt(ar_ref['judge_bpc'], '.3f')} / "
+        f"{ar_ref['entropy']:.3f} (one forward per token, no KV cache: {ar_ref['seconds_per_sample']:.3f} s/sample) |"
+        + " |" * (len(steps) - 1)
+    )
+    lines += ["", "Seconds per sample (sampling only) / network calls per batch of 32 (denoiser + energy) / mean ESS:", "",
+              head, "|---|" + "---|" * len(steps)]
+    for label, curve in curves.items():
+        by = {r["steps"]: r for r in curve}
+        cells = [
+            f"{by[n]['seconds_per_sample']:.3f} / {calls(by[n]):.0f} / {fmt(by[n]['mean_ess'], '.2f')}"
+            if n in by else "" for n in steps
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def speed_lines(rows, targets) -> list[str]:
+    lines = ["| target | curve | steps needed | seconds per sample needed | MDLM / curve, steps | MDLM / curve, seconds |",
+             "|---|---|---|---|---|---|"]
+    for name, key, target in targets:
+        for r in speed_at_equal_quality(rows, target, key=key):
+            lines.append(
+                f"| {name} | {r['curve']} | {fmt(r['steps'], '.0f', 'not reached')} | {fmt(r['seconds'], '.3f', 'not reached')} "
+                f"| {fmt(r['steps_ratio'], '.2f')} | {fmt(r['seconds_ratio'], '.2f')} |"
+            )
+    return lines
+
+
+def kw_table(rows, vary) -> list[str]:
+    other = "window" if vary == "k" else "k"
+    lines = [f"| curve | {vary} | {other} | gen. ppl | judge bits/char | entropy | mean ESS | s/sample |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["method"] != "MDLM", r["method"], r[vary])):
+        lines.append(
+            f"| {r['method']} | {r[vary]:g} | {r[other]:g} | {fmt(r['gen_ppl'], '.1f')} | {fmt(r['judge_bpc'], '.3f')} "
+            f"| {r['entropy']:.3f} | {fmt(r['mean_ess'], '.2f')} | {r['seconds_per_sample']:.3f} |"
+        )
+    return lines
+
+
+def kw_plot(krows, wrows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has = any(not math.isnan(r["judge_bpc"]) for r in krows + wrows)
+    key = "judge_bpc" if has else "entropy"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, rows, vary in ((axes[0], krows, "k"), (axes[1], wrows, "window")):
+        for method in sorted({r["method"] for r in rows if r["method"] != "MDLM"}):
+            pts = sorted((r[vary], r[key]) for r in rows if r["method"] == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        base = [r[key] for r in rows if r["method"] == "MDLM"]
+        if base:
+            ax.axhline(base[0], color="gray", ls="--", label="MDLM")
+        if vary == "k":
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(vary)
+        ax.set_ylabel("judge NLL, bits per character" if has else "unigram entropy (bits)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out-dir", default=str(ROOT / "results"))
+    p.add_argument("--results-md", default=str(ROOT / "RESULTS.md"))
+    p.add_argument("--judge", default="smollm2", help="smollm2 (default) | none | a local HF model")
+    p.add_argument("--quick", action="store_true", help="a small grid and few samples (for tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default=str(ROOT / "runs" / "bundled"))
+    args = p.parse_args()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    steps = [4, 8] if q else [8, 16, 32, 64, 128, 256]
+    num = 4 if q else 64
+    k_values = [1, 2] if q else [1, 2, 4, 8, 16]
+    windows = [0.5, 1.0] if q else [0.1, 0.2, 0.5, 1.0]
+    kw_steps = 8 if q else 64
+    lk = dict(num_sequences=4, num_t=2, num_is=4) if q else dict(num_sequences=64, num_t=4, num_is=8)
+    started = time.time()
+
+    denoiser, cfg = checkpoint.load_model(bundled("denoiser-tiny"))
+    ar, _ = checkpoint.load_model(bundled("ar-tiny"))
+    nce, _ = checkpoint.load_model(bundled("energy-tiny"))
+    mask = denoiser.mask_id
+    tok = load_tokenizer("char")
+    spec, judge_line = resolve_judge(args.judge)
+    judge = load_judge(spec) if spec else None
+    methods = [Method("MDLM"), Method("EDLM-AR", AREnergy(ar, mask)), Method("EDLM-NCE", nce)]
+
+    print("likelihood ...", flush=True)
+    lrows = likelihood(denoiser, seed=args.seed, **lk)
+    (out / "likelihood.json").write_text(json.dumps(lrows, indent=2) + "\n")
+
+    print("AR reference samples ...", flush=True)
+    ar_ref = ar_reference(ar, num, args.seed, tok, judge)
+
+    common = dict(num_samples=num, batch_size=32, decode=tok.decode, judge=judge, seed=args.seed)
+    print("sweep over steps ...", flush=True)
+    with open(out / "sweep_samples.jsonl", "w") as f:
+        rows = run_sweep(denoiser, methods, steps=steps, ks=[4], windows=[1.0], samples_out=f, **common)
+        rows += run_sweep(denoiser, methods[1:], steps=steps, ks=[2], windows=[0.2], samples_out=f, **common)
+    write_csv(rows, out / "sweep.csv")
+    plot(rows, out / "sweep.png", title=f"bundled tiny models, {num} samples per point, seed {args.seed}")
+
+    print("k and window ...", flush=True)
+    krows = run_sweep(denoiser, methods, steps=[kw_steps], ks=k_values, windows=[1.0], **common)
+    wrows = [r for r in run_sweep(denoiser, methods, steps=[kw_steps], ks=[4], windows=windows, **common)]
+    write_csv(krows, out / "k.csv")
+    write_csv(wrows, out / "window.csv")
+    kw_plot(krows, wrows, out / "k_window.png")
+
+    rows, krows, wrows = read_csv(out / "sweep.csv"), read_csv(out / "k.csv"), read_csv(out / "window.csv")
+    training = None
+    runs = Path(args.runs)
+    if (runs / "denoiser" / "latest").exists() and (runs / "ar" / "latest").exists() and not q:
+        print("training report ...", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "training_report.py"), "--denoiser", str(runs / "denoiser"),
+                        "--ar", str(runs / "ar"), "--out", str(out), "--num-sequences", "128", "--num-t", "8"], check=True)
+    if (out / "training.md").exists():
+        training = (out / "training.md").read_text().strip()
+    minutes = (time.time() - started) / 60
+    md = render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, lk, num, kw_steps, minutes, out)
+    Path(args.results_md).write_text(md)
+    print(f"wrote {args.results_md} and {out}/ in {minutes:.1f} min")
+    return 0
+
+
+def render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, lk, num, kw_steps, minutes, out) -> str:
+    rel = os.path.relpath(out, Path(args.results_md).parent)
+    curves = series(rows)
+    steps = sorted({r["steps"] for r in rows})
+    mdlm = {r["steps"]: r for r in curves.get("MDLM", [])}
+    have_judge = not math.isnan(rows[0]["gen_ppl"])
+    L = [
+        "# Results at small scale",
+        "",
+        f"Generated by `python scripts/make_results.py` (`make results`) on {datetime.date.today().isoformat()} in "
+        f"{minutes:.0f} minutes. Machine: {machine()}. Models: the bundled tiny checkpoints (fp16 EMA weights; "
+        "`make checkpoints` retrains them bit for bit), trained on Austen's novels as characters "
+        f"(27 symbols, L = {cfg.model_config.length}). Seed {args.seed} everywhere. {judge_line}.",
+        "",
+        "The paper's models are GPT-2-small-sized (about 170M parameters) trained on OpenWebText for 1M steps; "
+        "ours have 1M parameters and 1000 steps on 4 MB of text. Expect the directions, not the sizes, "
+        "to carry over, and read the differences section at the end.",
+        "",
+    ]
+    if training:
+        L += [training.replace("](training_curves.png)", f"]({rel}/training_curves.png)"), ""]
+    L += [
+        "## Likelihood: MDLM bound against EDLM",
+        "",
+        f"`edlm eval` on the bundled models: {lk['num_sequences']} sequences of {cfg.model_config.length} characters per set, "
+        f"{lk['num_t']} antithetic draws of t each, log Z from n = {lk['num_is']} proposal draws per noisy sequence "
+        "(T_n optimistic, U_n the Theorem-1 estimate); bits per character, +- one standard error over sequences. "
+        "Each row's MDLM column is computed on the same draws as its EDLM columns.",
+        "",
+        *likelihood_table(lrows),
+        "",
+    ]
+    nce = [r for r in lrows if r["energy"].startswith("NCE")]
+    for r in nce:
+        d = r["nelbo_bits_per_token"] - r["edlm_u_bits_per_token"]
+        L.append(
+            f"- {r['data']}: the NCE energy moves the estimate by {-d:+.3f} bits/char with U_n "
+            f"({'lower, as in the paper' if d > 0 else 'not lower: unlike the paper'})."
+        )
+    L += [
+        "- The carry-over AR row equals (1 - eps) times the AR model's own NLL (Z = 1 exactly), so it "
+        "reproduces the AR number rather than bounding EDLM's sampler; and the formula of EDLM.md section 4 "
+        "is not an upper bound on the NLL in general (a joint p(x0|xt) enters the continuous-time ELBO through "
+        "its marginals). The paper's EDLM-AR 20.49 against AR 17.56 cannot be this quantity.",
+    ]
+    full = [r for r in lrows if r["energy"] == "AR, whole sequence"]
+    if full and min(r["edlm_u_bits_per_token"] for r in full) < 0.5:
+        L.append(
+            "- The whole-sequence AR energy (`ar-full:`) is the other reading, but its log Z cannot be "
+            f"estimated from n = {lk['num_is']} proposal draws here: the AR model gives the denoiser's "
+            "samples hundreds of nats less than the data, T_n and U_n fall far below the true log Z, and the "
+            "estimate goes below zero bits per character, which no NLL can. The row is shown as a warning, "
+            "not a result: U_n is only an upper estimate when n is large enough (Theorem 1 is asymptotic)."
+        )
+    L += [
+        "",
+        "## Generation at equal steps",
+        "",
+        f"`edlm sweep` with {num} samples of {cfg.model_config.length} characters per point, batches of 32, "
+        "EDLM with (k = 4, window = 1), the paper's quality setting, and (k = 2, window = 0.2), its speed setting. "
+        "The AR row samples the bundled AR model token by token.",
+        "",
+        *steps_table(rows, ar_ref),
+        "",
+        f"![generation against steps and seconds]({rel}/sweep.png)",
+        "",
+    ]
+    if have_judge:
+        big = steps[-1]
+        for label, curve in curves.items():
+            if label == "MDLM":
+                continue
+            by = {r["steps"]: r for r in curve}
+            wins_bpc = sum(by[n]["judge_bpc"] < mdlm[n]["judge_bpc"] for n in steps if n in by)
+            wins_ppl = sum(by[n]["gen_ppl"] < mdlm[n]["gen_ppl"] for n in steps if n in by)
+            L.append(
+                f"- {label}: below MDLM in judge bits/char at {wins_bpc} of {len(steps)} step counts and in gen. ppl "
+                f"at {wins_ppl}; at {big} steps {by[big]['judge_bpc']:.3f} against {mdlm[big]['judge_bpc']:.3f} bits/char, "
+                f"entropy {by[big]['entropy']:.3f} against {mdlm[big]['entropy']:.3f}, "
+                f"{by[big]['seconds_per_sample'] / mdlm[big]['seconds_per_sample']:.1f}x MDLM's seconds."
+            )
+        L += [
+            "- Per judge token, generative perplexity rewards text the judge cuts into many short tokens: our "
+            "samples are lowercase letters with misspelled words, which SmolLM2 splits into many more tokens "
+            "than real text. Judge bits per character counts the same NLL per character and is the fairer "
+            "comparison here; both are reported.",
+            "",
+            "## Speed at equal quality",
+            "",
+            "The steps and seconds per sample each method needs to reach a target, interpolated between the grid's "
+            "step counts (log scale); ratios above 1 mean fewer steps or seconds than MDLM.",
+            "",
+        ]
+        targets = []
+        for n in steps[-3:]:
+            targets.append((f"MDLM's bits/char at {n} steps ({mdlm[n]['judge_bpc']:.3f})", "judge_bpc", mdlm[n]["judge_bpc"] + 1e-9))
+        targets.append((f"AR's bits/char ({ar_ref['judge_bpc']:.3f})", "judge_bpc", ar_ref["judge_bpc"]))
+        targets.append((f"MDLM's gen. ppl at {steps[-1]} steps ({mdlm[steps[-1]]['gen_ppl']:.1f})", "gen_ppl", mdlm[steps[-1]]["gen_ppl"] + 1e-9))
+        L += [*speed_lines(rows, targets), ""]
+    else:
+        L += ["No judge was used for this run, so generative perplexity and the speed-at-equal-quality "
+              "comparison are not measured (install the judge: `bash scripts/install_judge.sh`).", ""]
+    L += [
+        "## The effect of k and of the window",
+        "",
+        f"At {kw_steps} steps, {num} samples per point. k = 1 is MDLM exactly (same draws).",
+        "",
+        "Candidates k (window 1):",
+        "",
+        *kw_table(krows, "k"),
+        "",
+        "Window (k = 4):",
+        "",
+        *kw_table(wrows, "window"),
+        "",
+        f"![k and window]({rel}/k_window.png)",
+        "",
+    ]
+    L += differences(rows, krows, lrows, ar_ref, have_judge, steps)
+    L += [
+        "",
+        f"Files: `{rel}/sweep.csv`, `{rel}/k.csv`, `{rel}/window.csv` (one row per cell), `{rel}/sweep_samples.jsonl` "
+        f"(every sample), `{rel}/likelihood.json`.",
+        "",
+    ]
+    return "\n".join(L)
+
+
+def differences(rows, krows, lrows, ar_ref, have_judge, steps) -> list[str]:
+    L = ["## Where the small-scale result differs from the paper", ""]
+    curves = series(rows)
+    mdlm = {r["steps"]: r for r in curves.get("MDLM", [])}
+    if have_judge:
+        ar_label = "EDLM-AR k=4 w=1"
+        if ar_label in curves:
+            by = {r["steps"]: r for r in curves[ar_label]}
+            gains = [mdlm[n]["judge_bpc"] - by[n]["judge_bpc"] for n in steps]
+            L.append(
+                f"- **Quality at equal steps.** The paper's EDLM beats MDLM at every step count, by more as steps grow "
+                f"(gen. ppl 17.9 against 34.9 at 2048 steps). Here EDLM-AR (k = 4) changes judge bits/char by "
+                f"{', '.join(f'{-g:+.3f}' for g in gains)} at {', '.join(map(str, steps))} steps."
+            )
+        reach = {r["curve"]: r for r in speed_at_equal_quality(rows, ar_ref["judge_bpc"], key="judge_bpc")}
+        if all(v["steps"] is None for v in reach.values()):
+            L.append(
+                "- **Speed at equal quality.** The paper's 1.3x is measured at the AR model's quality, which its "
+                "MDLM and EDLM both reach. No sampler here reaches the tiny AR model's "
+                f"{ar_ref['judge_bpc']:.3f} bits/char at any step count, so the ratio is measured at MDLM's own "
+                "quality levels instead (table above)."
+            )
+    ess = [r["mean_ess"] for r in krows if r["method"] == "EDLM-AR" and r["k"] > 1]
+    if ess:
+        L.append(
+            f"- **Importance weights are nearly degenerate with the AR energy:** mean ESS "
+            f"{', '.join(f'{e:.2f}' for e in ess)} for k = {', '.join(str(r['k']) for r in krows if r['method'] == 'EDLM-AR' and r['k'] > 1)}. "
+            "A tiny char-level AR model is far from the tiny denoiser's factorized proposal, so k candidates "
+            "pick their single best by the AR/proposal ratio rather than reweighting; the paper's larger models "
+            "are closer to each other."
+        )
+    L += [
+        "- **Likelihood.** The paper's bounds fall from MDLM 23.83 to EDLM-NCE 21.52 perplexity; our NCE "
+        "energy, trained for 250 steps, moves the estimate by a few hundredths of a bit per character (table above). "
+        "The paper's AR-energy likelihood is not reproducible from its description (see the likelihood notes).",
+        "- **Scale.** 1M-parameter models, 256 characters, 1000 training steps, a 135M-parameter judge that has "
+        "seen little lowercase unpunctuated text, and a 2-core CPU where the AR energy's forward passes cost as "
+        "much as the denoiser's: the wall-clock trade-off is not the paper's GPU trade-off.",
+    ]
+    return L
+
+
+if __name__ == "__main__":
+    sys.exit(main())
