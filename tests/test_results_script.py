@@ -32,3 +32,11 @@ def test_make_results_quick(tmp_path):
     lik = json.loads((out / "likelihood.json").read_text())
     assert {r["energy"] for r in lik} == {"NCE (energy-tiny)", "AR, carry-over (Z = 1)", "AR, whole sequence"}
     assert all(r["num_is"] == 0 for r in lik if r["energy"].startswith("AR, carry"))
+    # --render-only rewrites the same RESULTS.md from the saved files, measuring nothing
+    again = tmp_path / "again.md"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--render-only", "--out-dir", str(out), "--results-md", str(again)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert again.read_text() == text

@@ -92,7 +92,9 @@ def test_first_reach_interpolates_in_log_steps_and_seconds():
     # target 50 lies halfway from 60 to 40: halfway from 32 to 128 in log steps, i.e. 64
     hit = first_reach(curve, 50.0)
     assert hit["steps"] == pytest.approx(64.0) and hit["seconds"] == pytest.approx(0.8)
-    assert first_reach(curve, 100.0) == {"steps": 8.0, "seconds": 0.1}  # reached at the first point
+    assert hit["at_most"] is False
+    # reached at the first point: the need is at most that
+    assert first_reach(curve, 100.0) == {"steps": 8.0, "seconds": 0.1, "at_most": True}
     assert first_reach(curve, 39.0) is None
     assert first_reach([_row("M", 8, math.nan, 0.1)], 50.0) is None
     # the first crossing counts, even if the curve later goes back up

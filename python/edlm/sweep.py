@@ -178,7 +178,8 @@ def _log_lerp(x0: float, x1: float, a: float) -> float:
 def first_reach(curve: list[dict], target: float, key: str = "gen_ppl") -> dict | None:
     """Where a curve (sorted by steps) first reaches `key` <= target: the steps and seconds per
     sample, interpolated linearly in log steps / log seconds between the two grid points around
-    the crossing. None if it never does (or the curve has no `key`)."""
+    the crossing, and "at_most": True when the first grid point already reaches it (the true need
+    may be lower). None if it never does (or the curve has no `key`)."""
     prev = None
     for r in curve:
         v = r[key]
@@ -186,11 +187,13 @@ def first_reach(curve: list[dict], target: float, key: str = "gen_ppl") -> dict 
             return None
         if v <= target:
             if prev is None or prev[key] == v:
-                return {"steps": float(r["steps"]), "seconds": r["seconds_per_sample"]}
+                # at the curve's first point the need is at most this (the grid has nothing below)
+                return {"steps": float(r["steps"]), "seconds": r["seconds_per_sample"], "at_most": prev is None}
             a = (prev[key] - target) / (prev[key] - v)  # in (0, 1]
             return {
                 "steps": _log_lerp(prev["steps"], r["steps"], a),
                 "seconds": _log_lerp(prev["seconds_per_sample"], r["seconds_per_sample"], a),
+                "at_most": False,
             }
         prev = r
     return None
@@ -207,9 +210,9 @@ def speed_at_equal_quality(
     for label, curve in curves.items():
         hit = first_reach(curve, target, key)
         rec = {"curve": label, "target": target, "steps": None, "seconds": None,
-               "steps_ratio": None, "seconds_ratio": None}
+               "steps_ratio": None, "seconds_ratio": None, "at_most": False}
         if hit is not None:
-            rec.update(steps=hit["steps"], seconds=hit["seconds"])
+            rec.update(steps=hit["steps"], seconds=hit["seconds"], at_most=hit["at_most"])
             if base is not None:
                 rec.update(steps_ratio=base["steps"] / hit["steps"], seconds_ratio=base["seconds"] / hit["seconds"])
         out.append(rec)
