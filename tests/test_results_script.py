@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_results.py"
 
 
 def test_make_results_quick(tmp_path):
+    pytest.importorskip("matplotlib", reason="make_results.py draws its figures with matplotlib")
     md = tmp_path / "RESULTS.md"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--judge", "none", "--out-dir", str(tmp_path / "r"),

