@@ -2,7 +2,7 @@
 # commands and exports them into python/edlm/checkpoints/ (fp16 EMA weights). Each run uses one
 # CPU thread, so it is bitwise repeatable: on the same torch build the exported files come out
 # byte for byte the same, and `git status` shows no change. `make -j2 checkpoints` trains the
-# denoiser and the AR model side by side (about 35 minutes on 2 cores).
+# denoiser and the AR model side by side (about 40 minutes on 2 cores).
 # `make results` regenerates RESULTS.md and results/ from the bundled models.
 
 PY ?= .venv/bin/python
