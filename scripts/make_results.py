@@ -208,11 +208,9 @@ def kw_plot(krows, wrows, path) -> None:
 
 def noise_floor(denoiser, out, steps, seeds, common) -> None:
     """MDLM at one step count with other seeds: how much a cell's metrics move by chance alone."""
-    common = {**common, "seed": None}
     rows = []
     for seed in seeds:
-        common["seed"] = seed
-        rows += run_sweep(denoiser, [Method("MDLM")], steps=[steps], progress=False, **common)
+        rows += run_sweep(denoiser, [Method("MDLM")], steps=[steps], progress=False, **{**common, "seed": seed})
     write_csv(rows, out / "noise.csv")
 
 
@@ -296,7 +294,7 @@ def main() -> int:
 
     print("k and window ...", flush=True)
     krows = run_sweep(denoiser, methods, steps=[kw_steps], ks=k_values, windows=[1.0], **common)
-    wrows = [r for r in run_sweep(denoiser, methods, steps=[kw_steps], ks=[4], windows=windows, **common)]
+    wrows = run_sweep(denoiser, methods, steps=[kw_steps], ks=[4], windows=windows, **common)
     write_csv(krows, out / "k.csv")
     write_csv(wrows, out / "window.csv")
     kw_plot(krows, wrows, out / "k_window.png")
