@@ -56,7 +56,10 @@ def cuda_toolkit_root():
     try:
         out = subprocess.run(
             [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -106,9 +109,7 @@ class BuildExt(cpp_extension.BuildExtension):
                 ext.isa_sources,
                 output_dir=out,
                 include_dirs=ext.include_dirs,
-                extra_postargs={"cxx": cxx + flags, "nvcc": []}
-                if ext.with_cuda
-                else cxx + flags,
+                extra_postargs={"cxx": cxx + flags, "nvcc": []} if ext.with_cuda else cxx + flags,
             )
             ext.extra_objects.extend(objects)
         super().build_extension(ext)
@@ -131,7 +132,10 @@ def make_extension():
         # -isystem: searched after the toolkit's own -I folders, so toolkit headers win.
         system_includes = [f for d in torch_cuda_include_dirs() for f in ("-isystem", d)]
         kwargs["extra_compile_args"]["nvcc"] = [
-            "-O3", "-DEDLM_WITH_CUDA", "--use_fast_math", *system_includes
+            "-O3",
+            "-DEDLM_WITH_CUDA",
+            "--use_fast_math",
+            *system_includes,
         ]
         ext = cpp_extension.CUDAExtension(**kwargs)
     else:

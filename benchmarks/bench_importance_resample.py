@@ -21,7 +21,7 @@ def log_w():
 
 
 def test_eager_composite(benchmark, table, log_w):
-    index, ess = eager(log_w)
+    index, _ess = eager(log_w)
     assert index.shape == (B, S)
     table.add(benchmark, GROUP, "eager softmax+multinomial", lambda: eager(log_w), baseline=True)
 
@@ -34,4 +34,9 @@ def test_fused(benchmark, table, log_w):
     drawn = w.gather(1, index).mean().item()
     expected = (w * w).sum(-1).mean().item()
     assert abs(drawn - expected) < 0.01
-    table.add(benchmark, GROUP, "edlm.ops.importance_resample", lambda: ops.importance_resample(log_w, num_samples=S))
+    table.add(
+        benchmark,
+        GROUP,
+        "edlm.ops.importance_resample",
+        lambda: ops.importance_resample(log_w, num_samples=S),
+    )

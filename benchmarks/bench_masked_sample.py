@@ -28,7 +28,9 @@ def data():
 
 
 def check(logits, xt, K):
-    tokens, logp = ops.masked_sample(logits, xt, MASK, num_samples=K, generator=torch.Generator().manual_seed(1))
+    tokens, logp = ops.masked_sample(
+        logits, xt, MASK, num_samples=K, generator=torch.Generator().manual_seed(1)
+    )
     assert tokens.shape == (B, K, L) and not torch.any(tokens == MASK)
     # Exact log-probabilities of the drawn tokens, on a slice, against the fp64 reference.
     probs = reference.masked_sample_probs(logits[:, :8], MASK).log()  # [B, 8, V]
@@ -40,7 +42,13 @@ def test_eager_public_sampler(benchmark, table, data):
     logits, _ = data
     out = public_eager_sampler(logits)
     assert out.shape == (B, L) and not torch.any(out == MASK)
-    table.add(benchmark, GROUP, "public eager Gumbel-max fp32 (K=1)", lambda: public_eager_sampler(logits), baseline=True)
+    table.add(
+        benchmark,
+        GROUP,
+        "public eager Gumbel-max fp32 (K=1)",
+        lambda: public_eager_sampler(logits),
+        baseline=True,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -50,4 +58,9 @@ def test_fused(benchmark, table, data, dtype, K):
     logits = logits.to(dtype)
     check(logits, xt, K)
     name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
-    table.add(benchmark, GROUP, f"edlm.ops.masked_sample {name} K={K}", lambda: ops.masked_sample(logits, xt, MASK, num_samples=K))
+    table.add(
+        benchmark,
+        GROUP,
+        f"edlm.ops.masked_sample {name} K={K}",
+        lambda: ops.masked_sample(logits, xt, MASK, num_samples=K),
+    )

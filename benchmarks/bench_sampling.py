@@ -2,6 +2,8 @@
 (randomly initialized: speed does not depend on the weights) at B = 8, L = 256, 64 steps, and the
 cost of an importance-sampling step over a plain one."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,8 +11,10 @@ import edlm
 from edlm.config import preset
 from edlm.models import AREnergy, ARModel, Denoiser
 
+pytestmark = pytest.mark.slow  # the sampler at full size: about 2 minutes here
+
 B, STEPS = 4, 16
-CFG = preset("tiny")
+CFG = dataclasses.replace(preset("tiny"), vocab_size=28, length=256)  # the Austen characters
 L, MASK = CFG.length, CFG.mask_id
 GROUP = f"sample tiny B={B} L={L} steps={STEPS}"
 _MDLM = {}
@@ -24,13 +28,25 @@ def models():
 
 def run(models, k, window, seed=0):
     denoiser, energy = models
-    return edlm.sample(denoiser, batch_size=B, length=L, mask_id=MASK, steps=STEPS,
-                       energy=energy if k > 1 else None, num_candidates=k, window=window,
-                       generator=torch.Generator().manual_seed(seed), return_stats=True)
+    return edlm.sample(
+        denoiser,
+        batch_size=B,
+        length=L,
+        mask_id=MASK,
+        steps=STEPS,
+        energy=energy if k > 1 else None,
+        num_candidates=k,
+        window=window,
+        generator=torch.Generator().manual_seed(seed),
+        return_stats=True,
+    )
 
 
-@pytest.mark.parametrize("k,window", [(1, 1.0), (2, 0.2), (4, 0.2), (2, 1.0), (4, 1.0)],
-                         ids=["mdlm", "edlm-k2-w0.2", "edlm-k4-w0.2", "edlm-k2-w1", "edlm-k4-w1"])
+@pytest.mark.parametrize(
+    "k,window",
+    [(1, 1.0), (2, 0.2), (4, 0.2), (2, 1.0), (4, 1.0)],
+    ids=["mdlm", "edlm-k2-w0.2", "edlm-k4-w0.2", "edlm-k2-w1", "edlm-k4-w1"],
+)
 def test_sampling(benchmark, table, models, k, window):
     x, stats = run(models, k, window)
     assert x.shape == (B, L) and not torch.any(x == MASK)

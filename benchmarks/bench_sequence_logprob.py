@@ -25,8 +25,19 @@ def data():
 
 def test_eager_composite(benchmark, table, data):
     logits, tokens, weight = data
-    torch.testing.assert_close(eager(logits, tokens, weight), reference.sequence_logprob(logits, tokens, weight), rtol=1e-5, atol=1e-2)
-    table.add(benchmark, GROUP, "eager log_softmax+gather+sum fp32", lambda: eager(logits, tokens, weight), baseline=True)
+    torch.testing.assert_close(
+        eager(logits, tokens, weight),
+        reference.sequence_logprob(logits, tokens, weight),
+        rtol=1e-5,
+        atol=1e-2,
+    )
+    table.add(
+        benchmark,
+        GROUP,
+        "eager log_softmax+gather+sum fp32",
+        lambda: eager(logits, tokens, weight),
+        baseline=True,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -34,6 +45,13 @@ def test_fused(benchmark, table, data, dtype):
     logits, tokens, weight = data
     logits = logits.to(dtype)
     out = ops.sequence_logprob(logits, tokens, weight)
-    torch.testing.assert_close(out, reference.sequence_logprob(logits, tokens, weight), rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(
+        out, reference.sequence_logprob(logits, tokens, weight), rtol=1e-6, atol=1e-3
+    )
     name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
-    table.add(benchmark, GROUP, f"edlm.ops.sequence_logprob {name}", lambda: ops.sequence_logprob(logits, tokens, weight))
+    table.add(
+        benchmark,
+        GROUP,
+        f"edlm.ops.sequence_logprob {name}",
+        lambda: ops.sequence_logprob(logits, tokens, weight),
+    )

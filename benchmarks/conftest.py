@@ -4,7 +4,6 @@ medians, ratios, CPU utilization and peak extra memory is printed (with the mach
 
 import os
 import platform
-import resource
 import time
 from dataclasses import dataclass, field
 

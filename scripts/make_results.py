@@ -24,23 +24,20 @@ import time
 from pathlib import Path
 
 import torch
-from edlm import checkpoint, ops
+
+from edlm import ops
+from edlm.checkpoint import bundled, load_energy, load_model
 from edlm.data import load_dataset
-from edlm.demo import bundled
-from edlm.evaluate import (
-    evaluate_likelihood,
-    judge_scores,
-    load_judge,
-    resolve_judge,
-    unigram_entropy,
-)
-from edlm.models import AREnergy
-from edlm.models.energy import load_energy
+from edlm.judge import judge_scores, load_judge, resolve_judge, unigram_entropy
+from edlm.likelihood import evaluate_likelihood
 from edlm.sweep import Method, plot, read_csv, run_sweep, series, speed_at_equal_quality, write_csv
 from edlm.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = (("Austen valid (Persuasion)", "austen-char", "valid"), ("KJV (zero-shot)", "kjv-char", "test"))
+DATASETS = (
+    ("Austen valid (Persuasion)", "austen-char", "valid"),
+    ("KJV (zero-shot)", "kjv-char", "test"),
+)
 
 
 def machine() -> str:
@@ -79,10 +76,22 @@ def likelihood(denoiser, num_sequences, num_t, num_is, seed) -> list[dict]:
         for elabel, spec in energies:
             energy = load_energy(spec, mask_id=mask, vocab_size=vocab)
             res = evaluate_likelihood(
-                denoiser, data, num_sequences=n, num_t=num_t, batch_size=32, energy=energy,
-                num_is=num_is, generator=torch.Generator().manual_seed(seed),
+                denoiser,
+                data,
+                num_sequences=n,
+                num_t=num_t,
+                batch_size=32,
+                energy=energy,
+                num_is=num_is,
+                generator=torch.Generator().manual_seed(seed),
             )
-            out.append({"data": label, "energy": elabel, **{k: v for k, v in res.items() if not isinstance(v, (list, dict))}})
+            out.append(
+                {
+                    "data": label,
+                    "energy": elabel,
+                    **{k: v for k, v in res.items() if not isinstance(v, (list, dict))},
+                }
+            )
     return out
 
 
@@ -94,8 +103,12 @@ def likelihood_table(rows) -> list[str]:
     for r in rows:
         bits = 1 / math.log(2)
         exact = r["num_is"] == 0
-        t = f"{r['edlm_t_bits_per_token']:.3f}" + (" (exact Z)" if exact else "")
-        u = "" if exact else f"**{r['edlm_u_bits_per_token']:.3f} +- {r['edlm_u_se'] * bits:.3f}**"
+        t = f"{r['paper_t_bits_per_token']:.3f}" + (" (exact Z)" if exact else "")
+        u = (
+            ""
+            if exact
+            else f"**{r['paper_u_bits_per_token']:.3f} +- {r['paper_u_se'] * bits:.3f}**"
+        )
         lines.append(
             f"| {r['data']} | {r['energy']} | {r['nelbo_bits_per_token']:.3f} +- {r['nelbo_se'] * bits:.3f} | {t} | {u} |"
         )
@@ -107,15 +120,22 @@ def likelihood_table(rows) -> list[str]:
 
 def ar_reference(ar, num, seed, tok, judge) -> dict:
     t0 = time.perf_counter()
-    x = torch.cat([
-        ar.generate(min(32, num - i), generator=torch.Generator().manual_seed(seed + i))
-        for i in range(0, num, 32)
-    ])
+    x = torch.cat(
+        [
+            ar.generate(min(32, num - i), generator=torch.Generator().manual_seed(seed + i))
+            for i in range(0, num, 32)
+        ]
+    )
     seconds = (time.perf_counter() - t0) / num
     texts = [tok.decode(r.tolist()) for r in x]
     s = judge_scores(texts, judge) if judge is not None else {}
-    return {"gen_ppl": s.get("perplexity", math.nan), "judge_bpc": s.get("bits_per_char", math.nan),
-            "entropy": unigram_entropy(x), "seconds_per_sample": seconds, "texts": texts}
+    return {
+        "gen_ppl": s.get("perplexity", math.nan),
+        "judge_bpc": s.get("bits_per_char", math.nan),
+        "entropy": unigram_entropy(x),
+        "seconds_per_sample": seconds,
+        "texts": texts,
+    }
 
 
 def calls(r) -> float:
@@ -126,35 +146,51 @@ def steps_table(rows, ar_ref) -> list[str]:
     curves = series(rows)
     steps = sorted({r["steps"] for r in rows})
     head = "| curve | " + " | ".join(f"{n} steps" for n in steps) + " |"
-    lines = ["Generative perplexity (judge tokens) / judge bits per character / unigram entropy (bits):", "",
-             head, "|---|" + "---|" * len(steps)]
+    lines = [
+        "Generative perplexity (judge tokens) / judge bits per character / unigram entropy (bits):",
+        "",
+        head,
+        "|---|" + "---|" * len(steps),
+    ]
     for label, curve in curves.items():
         by = {r["steps"]: r for r in curve}
         cells = [
-            f"{fmt(by[n]['gen_ppl'], '.1f')} / {fmt(by[n]['judge_bpc'], '.3f')} / {by[n]['entropy']:.3f}" if n in by else ""
+            f"{fmt(by[n]['gen_ppl'], '.1f')} / {fmt(by[n]['judge_bpc'], '.3f')} / {by[n]['entropy']:.3f}"
+            if n in by
+            else ""
             for n in steps
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append(
         f"| AR (ancestral, reference) | {fmt(ar_ref['gen_ppl'], '.1f')} / {fmt(ar_ref['judge_bpc'], '.3f')} / "
         f"{ar_ref['entropy']:.3f} (one forward per token, no KV cache: {ar_ref['seconds_per_sample']:.3f} s/sample) |"
-        + " |" * (len(steps) - 1)
+        + " |"
+        * (len(steps) - 1)
     )
-    lines += ["", "Seconds per sample (sampling only) / network calls per batch of 32 (denoiser + energy) / mean ESS:", "",
-              head, "|---|" + "---|" * len(steps)]
+    lines += [
+        "",
+        "Seconds per sample (sampling only) / network calls per batch of 32 (denoiser + energy) / mean ESS:",
+        "",
+        head,
+        "|---|" + "---|" * len(steps),
+    ]
     for label, curve in curves.items():
         by = {r["steps"]: r for r in curve}
         cells = [
             f"{by[n]['seconds_per_sample']:.3f} / {calls(by[n]):.0f} / {fmt(by[n]['mean_ess'], '.2f')}"
-            if n in by else "" for n in steps
+            if n in by
+            else ""
+            for n in steps
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
 def speed_lines(rows, targets) -> list[str]:
-    lines = ["| target | curve | steps needed | seconds per sample needed | MDLM / curve, steps | MDLM / curve, seconds |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| target | curve | steps needed | seconds per sample needed | MDLM / curve, steps | MDLM / curve, seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, key, target in targets:
         for r in speed_at_equal_quality(rows, target, key=key):
             le, ge = ("<= ", ">= ") if r["at_most"] else ("", "")
@@ -169,8 +205,10 @@ def speed_lines(rows, targets) -> list[str]:
 
 def kw_table(rows, vary) -> list[str]:
     other = "window" if vary == "k" else "k"
-    lines = [f"| curve | {vary} | {other} | gen. ppl | judge bits/char | entropy | mean ESS | s/sample |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| curve | {vary} | {other} | gen. ppl | judge bits/char | entropy | mean ESS | s/sample |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["method"] != "MDLM", r["method"], r[vary])):
         lines.append(
             f"| {r['method']} | {r[vary]:g} | {r[other]:g} | {fmt(r['gen_ppl'], '.1f')} | {fmt(r['judge_bpc'], '.3f')} "
@@ -210,7 +248,9 @@ def noise_floor(denoiser, out, steps, seeds, common) -> None:
     """MDLM at one step count with other seeds: how much a cell's metrics move by chance alone."""
     rows = []
     for seed in seeds:
-        rows += run_sweep(denoiser, [Method("MDLM")], steps=[steps], progress=False, **{**common, "seed": seed})
+        rows += run_sweep(
+            denoiser, [Method("MDLM")], steps=[steps], progress=False, **{**common, "seed": seed}
+        )
     write_csv(rows, out / "noise.csv")
 
 
@@ -218,7 +258,13 @@ def noise_std(rows, nrows, key="judge_bpc") -> tuple[float, int, int]:
     """The standard deviation of `key` over the MDLM cells at the noise floor's step count (the
     seed-0 cell of the sweep included), the number of cells and the step count."""
     steps = nrows[0]["steps"]
-    vals = [r[key] for r in nrows] + [r[key] for r in rows if r["method"] == "MDLM" and r["steps"] == steps and r["seed"] not in {n["seed"] for n in nrows}]
+    vals = [r[key] for r in nrows] + [
+        r[key]
+        for r in rows
+        if r["method"] == "MDLM"
+        and r["steps"] == steps
+        and r["seed"] not in {n["seed"] for n in nrows}
+    ]
     m = sum(vals) / len(vals)
     return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)), len(vals), steps
 
@@ -234,8 +280,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a small grid and few samples (for tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default=str(ROOT / "runs" / "bundled"))
-    p.add_argument("--render-only", action="store_true",
-                   help="rewrite RESULTS.md from the files already in --out-dir, measuring nothing")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite RESULTS.md from the files already in --out-dir, measuring nothing",
+    )
     args = p.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,30 +299,44 @@ def main() -> int:
     windows = [0.5, 1.0] if q else [0.1, 0.2, 0.5, 1.0]
     kw_steps = 8 if q else 16
     noise_steps = 8 if q else 32
-    lk = dict(num_sequences=4, num_t=2, num_is=4) if q else dict(num_sequences=64, num_t=4, num_is=8)
+    lk = (
+        dict(num_sequences=4, num_t=2, num_is=4) if q else dict(num_sequences=64, num_t=4, num_is=8)
+    )
     started = time.time()
 
     if args.render_only:
-        _, cfg = checkpoint.load_model(bundled("denoiser-tiny"))
+        _, cfg = load_model(bundled("denoiser-tiny"), kind="denoiser")
         meta = json.loads((out / "run.json").read_text())
-        md = render(args, cfg, json.loads((out / "likelihood.json").read_text()), read_csv(out / "sweep.csv"),
-                    read_csv(out / "k.csv"), read_csv(out / "window.csv"),
-                    json.loads((out / "ar_reference.json").read_text()),
-                    (out / "training.md").read_text().strip() if (out / "training.md").exists() else None,
-                    meta["judge_line"], meta["likelihood"], meta["num"], meta["kw_steps"], meta["minutes"], out,
-                    read_csv(out / "noise.csv"))
+        md = render(
+            args,
+            cfg,
+            json.loads((out / "likelihood.json").read_text()),
+            read_csv(out / "sweep.csv"),
+            read_csv(out / "k.csv"),
+            read_csv(out / "window.csv"),
+            json.loads((out / "ar_reference.json").read_text()),
+            (out / "training.md").read_text().strip() if (out / "training.md").exists() else None,
+            meta["judge_line"],
+            meta["likelihood"],
+            meta["num"],
+            meta["kw_steps"],
+            meta["minutes"],
+            out,
+            read_csv(out / "noise.csv"),
+        )
         Path(args.results_md).write_text(md)
         print(f"rewrote {args.results_md} from {out}/")
         return 0
 
-    denoiser, cfg = checkpoint.load_model(bundled("denoiser-tiny"))
-    ar, _ = checkpoint.load_model(bundled("ar-tiny"))
-    nce, _ = checkpoint.load_model(bundled("energy-tiny"))
-    mask = denoiser.mask_id
+    denoiser, cfg = load_model(bundled("denoiser-tiny"), kind="denoiser")
+    ar, _ = load_model(bundled("ar-tiny"), kind="ar")
+    mask, vocab = denoiser.mask_id, denoiser.cfg.vocab_size
+    ar_energy = load_energy(f"ar:{bundled('ar-tiny')}", mask_id=mask, vocab_size=vocab)
+    nce = load_energy(f"nce:{bundled('energy-tiny')}", mask_id=mask, vocab_size=vocab)
     tok = load_tokenizer("char")
     spec, judge_line = resolve_judge(args.judge)
     judge = load_judge(spec) if spec else None
-    methods = [Method("MDLM"), Method("EDLM-AR", AREnergy(ar, mask)), Method("EDLM-NCE", nce)]
+    methods = [Method("MDLM"), Method("EDLM-AR", ar_energy), Method("EDLM-NCE", nce)]
 
     print("likelihood ...", flush=True)
     lrows = likelihood(denoiser, seed=args.seed, **lk)
@@ -287,10 +350,24 @@ def main() -> int:
     print("sweep over steps ...", flush=True)
     with open(out / "sweep_samples.jsonl", "w") as f:
         rows = run_sweep(denoiser, methods[:1], steps=mdlm_steps, samples_out=f, **common)
-        rows += run_sweep(denoiser, methods[1:], steps=quality_steps, ks=[4], windows=[1.0], samples_out=f, **common)
-        rows += run_sweep(denoiser, methods[1:], steps=speed_steps, ks=[2], windows=[0.2], samples_out=f, **common)
+        rows += run_sweep(
+            denoiser,
+            methods[1:],
+            steps=quality_steps,
+            ks=[4],
+            windows=[1.0],
+            samples_out=f,
+            **common,
+        )
+        rows += run_sweep(
+            denoiser, methods[1:], steps=speed_steps, ks=[2], windows=[0.2], samples_out=f, **common
+        )
     write_csv(rows, out / "sweep.csv")
-    plot(rows, out / "sweep.png", title=f"bundled tiny models, {num} samples per point, seed {args.seed}")
+    plot(
+        rows,
+        out / "sweep.png",
+        title=f"bundled tiny models, {num} samples per point, seed {args.seed}",
+    )
 
     print("k and window ...", flush=True)
     krows = run_sweep(denoiser, methods, steps=[kw_steps], ks=k_values, windows=[1.0], **common)
@@ -302,29 +379,90 @@ def main() -> int:
     print("noise floor ...", flush=True)
     noise_floor(denoiser, out, noise_steps, [args.seed + 1 + i for i in range(4)], common)
 
-    rows, krows, wrows = read_csv(out / "sweep.csv"), read_csv(out / "k.csv"), read_csv(out / "window.csv")
+    rows, krows, wrows = (
+        read_csv(out / "sweep.csv"),
+        read_csv(out / "k.csv"),
+        read_csv(out / "window.csv"),
+    )
     training = None
     runs = Path(args.runs)
     if (runs / "denoiser" / "latest").exists() and (runs / "ar" / "latest").exists() and not q:
         print("training report ...", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "training_report.py"), "--denoiser", str(runs / "denoiser"),
-                        "--ar", str(runs / "ar"), "--out", str(out), "--num-sequences", "128", "--num-t", "8"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "training_report.py"),
+                "--denoiser",
+                str(runs / "denoiser"),
+                "--ar",
+                str(runs / "ar"),
+                "--out",
+                str(out),
+                "--num-sequences",
+                "128",
+                "--num-t",
+                "8",
+            ],
+            check=True,
+        )
     if (out / "training.md").exists():
         training = (out / "training.md").read_text().strip()
     minutes = (time.time() - started) / 60
-    (out / "run.json").write_text(json.dumps({
-        "judge_line": judge_line, "likelihood": lk, "num": num, "kw_steps": kw_steps, "minutes": minutes,
-        "machine": machine(), "seed": args.seed, "date": datetime.date.today().isoformat(),
-    }, indent=2) + "\n")
-    md = render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, lk, num, kw_steps, minutes, out,
-                read_csv(out / "noise.csv"))
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "judge_line": judge_line,
+                "likelihood": lk,
+                "num": num,
+                "kw_steps": kw_steps,
+                "minutes": minutes,
+                "machine": machine(),
+                "seed": args.seed,
+                "date": datetime.date.today().isoformat(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    md = render(
+        args,
+        cfg,
+        lrows,
+        rows,
+        krows,
+        wrows,
+        ar_ref,
+        training,
+        judge_line,
+        lk,
+        num,
+        kw_steps,
+        minutes,
+        out,
+        read_csv(out / "noise.csv"),
+    )
     Path(args.results_md).write_text(md)
     print(f"wrote {args.results_md} and {out}/ in {minutes:.1f} min")
     return 0
 
 
-def render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, lk, num, kw_steps, minutes, out,
-           nrows) -> str:
+def render(
+    args,
+    cfg,
+    lrows,
+    rows,
+    krows,
+    wrows,
+    ar_ref,
+    training,
+    judge_line,
+    lk,
+    num,
+    kw_steps,
+    minutes,
+    out,
+    nrows,
+) -> str:
     rel = os.path.relpath(out, Path(args.results_md).parent)
     curves = series(rows)
     steps = sorted({r["steps"] for r in rows})
@@ -333,14 +471,18 @@ def render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, l
     L = [
         "# Results at small scale",
         "",
-        f"Generated by `python scripts/make_results.py` (`make results`) on {datetime.date.today().isoformat()} in "
-        f"{minutes:.0f} minutes. Machine: {machine()}. Models: the bundled tiny checkpoints (fp16 EMA weights; "
-        "`make checkpoints` retrains them, one thread per run, so that the runs repeat bit for bit), trained on Austen's novels as characters "
-        f"(27 symbols, L = {cfg.model_config.length}). Seed {args.seed} everywhere. {judge_line}.",
+        (
+            f"Generated by `python scripts/make_results.py` (`make results`) on {datetime.date.today().isoformat()} in "
+            f"{minutes:.0f} minutes. Machine: {machine()}. Models: the bundled tiny checkpoints (fp16 EMA weights; "
+            "`make checkpoints` retrains them, one thread per run, so that the runs repeat bit for bit), trained on Austen's novels as characters "
+            f"(27 symbols, L = {cfg.model_config.length}). Seed {args.seed} everywhere. {judge_line}."
+        ),
         "",
-        "The paper's models are GPT-2-small-sized (about 170M parameters) trained on OpenWebText for 1M steps; "
-        "ours have 1M parameters and 1000 steps on 4 MB of text. Expect the directions, not the sizes, "
-        "to carry over, and read the differences section at the end.",
+        (
+            "The paper's models are GPT-2-small-sized (about 170M parameters) trained on OpenWebText for 1M steps; "
+            "ours have 1M parameters and 1000 steps on 4 MB of text. Expect the directions, not the sizes, "
+            "to carry over, and read the differences section at the end."
+        ),
         "",
     ]
     if training:
@@ -348,29 +490,33 @@ def render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, l
     L += [
         "## Likelihood: MDLM bound against EDLM",
         "",
-        f"`edlm eval` on the bundled models: {lk['num_sequences']} sequences of {cfg.model_config.length} characters per set, "
-        f"{lk['num_t']} antithetic draws of t each, log Z from n = {lk['num_is']} proposal draws per noisy sequence "
-        "(T_n optimistic, U_n the Theorem-1 estimate); bits per character, +- one standard error over sequences. "
-        "Each row's MDLM column is computed on the same draws as its EDLM columns.",
+        (
+            f"`edlm eval` on the bundled models: {lk['num_sequences']} sequences of {cfg.model_config.length} characters per set, "
+            f"{lk['num_t']} antithetic draws of t each, log Z from n = {lk['num_is']} proposal draws per noisy sequence "
+            "(T_n optimistic, U_n the Theorem-1 estimate); bits per character, +- one standard error over sequences. "
+            "Each row's MDLM column is computed on the same draws as its EDLM columns."
+        ),
         "",
         *likelihood_table(lrows),
         "",
     ]
     nce = [r for r in lrows if r["energy"].startswith("NCE")]
     for r in nce:
-        d = r["nelbo_bits_per_token"] - r["edlm_u_bits_per_token"]
+        d = r["nelbo_bits_per_token"] - r["paper_u_bits_per_token"]
         L.append(
             f"- {r['data']}: the NCE energy moves the estimate by {-d:+.3f} bits/char with U_n "
             f"({'lower, as in the paper' if d > 0 else 'not lower: unlike the paper'})."
         )
     L += [
-        "- The carry-over AR row equals (1 - eps) times the AR model's own NLL (Z = 1 exactly), so it "
-        "reproduces the AR number rather than bounding EDLM's sampler; and the formula of EDLM.md section 4 "
-        "is not an upper bound on the NLL in general (a joint p(x0|xt) enters the continuous-time ELBO through "
-        "its marginals). The paper's EDLM-AR 20.49 against AR 17.56 cannot be this quantity.",
+        (
+            "- The carry-over AR row equals (1 - eps) times the AR model's own NLL (Z = 1 exactly), so it "
+            "reproduces the AR number rather than bounding EDLM's sampler; and the formula of EDLM.md section 4 "
+            "is not an upper bound on the NLL in general (a joint p(x0|xt) enters the continuous-time ELBO through "
+            "its marginals). The paper's EDLM-AR 20.49 against AR 17.56 cannot be this quantity."
+        ),
     ]
     full = [r for r in lrows if r["energy"] == "AR, whole sequence"]
-    if full and min(r["edlm_u_bits_per_token"] for r in full) < 0.5:
+    if full and min(r["paper_u_bits_per_token"] for r in full) < 0.5:
         L.append(
             "- The whole-sequence AR energy (`ar-full:`) is the other reading, but its log Z cannot be "
             f"estimated from n = {lk['num_is']} proposal draws here: the AR model gives the denoiser's "
@@ -382,11 +528,13 @@ def render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, l
         "",
         "## Generation at equal steps",
         "",
-        f"`edlm sweep` with {num} samples of {cfg.model_config.length} characters per point, batches of 32, "
-        "EDLM with (k = 4, window = 1), the paper's quality setting, and (k = 2, window = 0.2), its speed setting. "
-        "The AR row samples the bundled AR model token by token. On this CPU one forward of a tiny model over a "
-        "256-character row costs about 10 ms, and EDLM with k = 4 and window 1 does five times MDLM's work per "
-        "step, so the grid stops at 64 steps for it, 128 for (k = 2, window = 0.2) and 256 for MDLM.",
+        (
+            f"`edlm sweep` with {num} samples of {cfg.model_config.length} characters per point, batches of 32, "
+            "EDLM with (k = 4, window = 1), the paper's quality setting, and (k = 2, window = 0.2), its speed setting. "
+            "The AR row samples the bundled AR model token by token. On this CPU one forward of a tiny model over a "
+            "256-character row costs about 10 ms, and EDLM with k = 4 and window 1 does five times MDLM's work per "
+            "step, so the grid stops at 64 steps for it, 128 for (k = 2, window = 0.2) and 256 for MDLM."
+        ),
         "",
         *steps_table(rows, ar_ref),
         "",
@@ -417,33 +565,50 @@ def render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, l
                 f"{by[big]['seconds_per_sample'] / mdlm[big]['seconds_per_sample']:.1f}x MDLM's seconds."
             )
         L += [
-            "- Per judge token, generative perplexity rewards text the judge cuts into many short tokens: our "
-            "samples are lowercase letters with misspelled words, which SmolLM2 splits into many more tokens "
-            "than real text. Judge bits per character counts the same NLL per character and is the fairer "
-            "comparison here; both are reported.",
+            (
+                "- Per judge token, generative perplexity rewards text the judge cuts into many short tokens: our "
+                "samples are lowercase letters with misspelled words, which SmolLM2 splits into many more tokens "
+                "than real text. Judge bits per character counts the same NLL per character and is the fairer "
+                "comparison here; both are reported."
+            ),
             "",
             "## Speed at equal quality",
             "",
-            "The steps and seconds per sample each method needs to reach a target, interpolated between the grid's "
-            "step counts (log scale); ratios above 1 mean fewer steps or seconds than MDLM. \"<=\" marks a curve that "
-            "already reaches the target at its smallest step count (its need may be lower still).",
+            (
+                "The steps and seconds per sample each method needs to reach a target, interpolated between the grid's "
+                'step counts (log scale); ratios above 1 mean fewer steps or seconds than MDLM. "<=" marks a curve that '
+                "already reaches the target at its smallest step count (its need may be lower still)."
+            ),
             "",
         ]
         targets = []
         for n in steps[-4:]:
-            targets.append((f"MDLM's bits/char at {n} steps ({mdlm[n]['judge_bpc']:.3f})", "judge_bpc", mdlm[n]["judge_bpc"] + 1e-9))
-        targets.append((f"AR's bits/char ({ar_ref['judge_bpc']:.3f})", "judge_bpc", ar_ref["judge_bpc"]))
+            targets.append(
+                (
+                    f"MDLM's bits/char at {n} steps ({mdlm[n]['judge_bpc']:.3f})",
+                    "judge_bpc",
+                    mdlm[n]["judge_bpc"] + 1e-9,
+                )
+            )
+        targets.append(
+            (f"AR's bits/char ({ar_ref['judge_bpc']:.3f})", "judge_bpc", ar_ref["judge_bpc"])
+        )
         L += [*speed_lines(rows, targets), ""]
         L.append(
             "The targets are MDLM's own measurements, so the table inherits their noise: where MDLM's curve has "
-            f"flattened (consecutive step counts within {2 * sd:.3f} bits/char of each other), \"steps needed\" "
+            f'flattened (consecutive step counts within {2 * sd:.3f} bits/char of each other), "steps needed" '
             "mostly measures where chance put each curve's first crossing. Gen. ppl per judge token does not fall "
             "with steps at all here, so it gives no target."
         )
         L.append("")
     else:
-        L += ["No judge was used for this run, so generative perplexity and the speed-at-equal-quality "
-              "comparison are not measured (install the judge: `bash scripts/install_judge.sh`).", ""]
+        L += [
+            (
+                "No judge was used for this run, so generative perplexity and the speed-at-equal-quality "
+                "comparison are not measured (install the judge: `bash scripts/install_judge.sh`)."
+            ),
+            "",
+        ]
     L += [
         "## The effect of k and of the window",
         "",
@@ -461,25 +626,29 @@ def render(args, cfg, lrows, rows, krows, wrows, ar_ref, training, judge_line, l
         "",
     ]
     if have_judge:
-        base = [r["judge_bpc"] for r in krows if r["method"] == "MDLM"][0]
+        base = next(r["judge_bpc"] for r in krows if r["method"] == "MDLM")
         best = min(krows + wrows, key=lambda r: r["judge_bpc"] - base)
         nce_k = [r for r in krows if r["method"] == "EDLM-NCE" and r["k"] > 1]
         ess_nce = [f"{r['mean_ess']:.2f}" for r in nce_k]
         L += [
-            f"The largest gain over MDLM in these two tables is {base - best['judge_bpc']:.3f} bits/char "
-            f"({best['method']}, k = {best['k']}, window = {best['window']:g}), against a noise floor of "
-            f"{2 * noise_std(rows, nrows)[0]:.3f} (two standard deviations): no setting of k or of the window "
-            "separates from MDLM at this scale. The NCE energy's weights stay spread (mean ESS "
-            f"{', '.join(ess_nce)} for k = {', '.join(str(r['k']) for r in nce_k)}): it is nearly flat over the candidates, the opposite of the "
-            "AR energy's near-degenerate weights; neither moves the judge's score beyond chance.",
+            (
+                f"The largest gain over MDLM in these two tables is {base - best['judge_bpc']:.3f} bits/char "
+                f"({best['method']}, k = {best['k']}, window = {best['window']:g}), against a noise floor of "
+                f"{2 * noise_std(rows, nrows)[0]:.3f} (two standard deviations): no setting of k or of the window "
+                "separates from MDLM at this scale. The NCE energy's weights stay spread (mean ESS "
+                f"{', '.join(ess_nce)} for k = {', '.join(str(r['k']) for r in nce_k)}): it is nearly flat over the candidates, the opposite of the "
+                "AR energy's near-degenerate weights; neither moves the judge's score beyond chance."
+            ),
             "",
         ]
     L += differences(rows, krows, lrows, ar_ref, have_judge, steps, nrows)
     L += [
         "",
-        f"Files: `{rel}/sweep.csv`, `{rel}/k.csv`, `{rel}/window.csv`, `{rel}/noise.csv` (one row per cell), "
-        f"`{rel}/sweep_samples.jsonl` (every sample of the sweep), `{rel}/ar_reference.json` (the AR samples), "
-        f"`{rel}/likelihood.json`, `{rel}/run.json` (settings and machine).",
+        (
+            f"Files: `{rel}/sweep.csv`, `{rel}/k.csv`, `{rel}/window.csv`, `{rel}/noise.csv` (one row per cell), "
+            f"`{rel}/sweep_samples.jsonl` (every sample of the sweep), `{rel}/ar_reference.json` (the AR samples), "
+            f"`{rel}/likelihood.json`, `{rel}/run.json` (settings and machine)."
+        ),
         "",
     ]
     return "\n".join(L)
@@ -501,7 +670,11 @@ def differences(rows, krows, lrows, ar_ref, have_judge, steps, nrows) -> list[st
             )
             sd, _, _ = noise_std(rows, nrows)
             flat = [n for n in sorted(mdlm) if n >= 32]
-            spread = max(mdlm[n]["judge_bpc"] for n in flat) - min(mdlm[n]["judge_bpc"] for n in flat) if flat else math.nan
+            spread = (
+                max(mdlm[n]["judge_bpc"] for n in flat) - min(mdlm[n]["judge_bpc"] for n in flat)
+                if flat
+                else math.nan
+            )
             L.append(
                 f"- **No gain above the noise.** The noise floor is {sd:.3f} bits/char; MDLM's own curve moves by "
                 f"only {spread:.3f} between 32 and 256 steps: at L = 256 characters with a 1M-parameter denoiser, "
@@ -509,7 +682,10 @@ def differences(rows, krows, lrows, ar_ref, have_judge, steps, nrows) -> list[st
                 "energy (itself far worse than the data) corrects little. The paper's gains come from 1024-token "
                 "sequences and step counts where MDLM is still improving."
             )
-        reach = {r["curve"]: r for r in speed_at_equal_quality(rows, ar_ref["judge_bpc"], key="judge_bpc")}
+        reach = {
+            r["curve"]: r
+            for r in speed_at_equal_quality(rows, ar_ref["judge_bpc"], key="judge_bpc")
+        }
         if all(v["steps"] is None for v in reach.values()):
             L.append(
                 "- **Speed at equal quality.** The paper's 1.3x is measured at the AR model's quality, which its "
@@ -527,12 +703,16 @@ def differences(rows, krows, lrows, ar_ref, have_judge, steps, nrows) -> list[st
             "are closer to each other."
         )
     L += [
-        "- **Likelihood.** The paper's bounds fall from MDLM 23.83 to EDLM-NCE 21.52 perplexity; our NCE "
-        "energy, trained for 250 steps, moves the estimate by a few hundredths of a bit per character (table above). "
-        "The paper's AR-energy likelihood is not reproducible from its description (see the likelihood notes).",
-        "- **Scale.** 1M-parameter models, 256 characters, 1000 training steps, a 135M-parameter judge that has "
-        "seen little lowercase unpunctuated text, and a 2-core CPU where the AR energy's forward passes cost as "
-        "much as the denoiser's: the wall-clock trade-off is not the paper's GPU trade-off.",
+        (
+            "- **Likelihood.** The paper's bounds fall from MDLM 23.83 to EDLM-NCE 21.52 perplexity; our NCE "
+            "energy, trained for 250 steps, moves the estimate by a few hundredths of a bit per character (table above). "
+            "The paper's AR-energy likelihood is not reproducible from its description (see the likelihood notes)."
+        ),
+        (
+            "- **Scale.** 1M-parameter models, 256 characters, 1000 training steps, a 135M-parameter judge that has "
+            "seen little lowercase unpunctuated text, and a 2-core CPU where the AR energy's forward passes cost as "
+            "much as the denoiser's: the wall-clock trade-off is not the paper's GPU trade-off."
+        ),
     ]
     return L
 

@@ -6,10 +6,9 @@ Tests import the installed edlm (with its compiled edlm._C); CUDA cases skip wit
 import os
 
 import pytest
+from devices import HAS_CUDA
 
 import edlm
-
-from devices import HAS_CUDA  # noqa: E402
 
 DEVICES = [
     "cpu",

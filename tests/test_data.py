@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from edlm import data
-from edlm.data import PackedDataset, block_order, dataset_path, load_dataset, prepare, read_header
+from edlm import corpora
+from edlm.corpora import dataset_path
+from edlm.data import PackedDataset, block_order, load_dataset
+from edlm.prepare import prepare, read_header
 from edlm.tokenizer import CharTokenizer, GPT2Tokenizer, normalize_text8
 
 
@@ -26,7 +28,7 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def persuasion():
-    return data.corpus_documents("austen", "valid")[0]
+    return corpora.corpus_documents("austen", "valid")[0]
 
 
 def write(path, text):
@@ -252,7 +254,7 @@ def test_named_datasets_prepare_once_into_the_cache(cache, monkeypatch):
     def no_prepare(*args, **kwargs):
         raise AssertionError("prepared again")
 
-    monkeypatch.setattr(data, "prepare", no_prepare)
+    monkeypatch.setattr(corpora, "prepare", no_prepare)
     assert dataset_path("austen-char", "valid") == path
 
 
@@ -362,7 +364,7 @@ def test_bad_dataset_requests(tmp_path):
     with pytest.raises(ValueError, match="raw text .*raw.txt needs a tokenizer"):
         dataset_path(src)
     with pytest.raises(ValueError, match="unknown corpus 'shakespeare'"):
-        data.corpus_documents("shakespeare")
+        corpora.corpus_documents("shakespeare")
 
 
 def test_bad_token_files_and_blocks(tmp_path):

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from edlm import checkpoint, ops
+from edlm import checkpoint, ops, schedule
 from edlm.cli import main
 from edlm.config import ModelConfig, TrainConfig
-from edlm.data import corpus_documents, load_dataset
-from edlm.models import AREnergy, EnergyModel, HFCausalLM, NCETrainer
+from edlm.corpora import corpus_documents
+from edlm.data import load_dataset
+from edlm.models import AREnergy, EnergyModel
 from edlm.train import step_noise, train
 
 
@@ -25,54 +26,93 @@ def runs(tmp_path_factory):
     (root / "train.txt").write_text("\n".join(corpus_documents("austen", "train"))[:80_000])
     (root / "valid.txt").write_text("\n".join(corpus_documents("austen", "valid"))[:8_000])
     common = dict(
-        data=str(root / "train.txt"), valid_data=str(root / "valid.txt"), batch_size=8, warmup_steps=5, block_size=64,
-        eval_every=1000, eval_batches=1, log_every=1, lr=3e-3, ema=0.0, device="cpu",
+        data=str(root / "train.txt"),
+        valid_data=str(root / "valid.txt"),
+        batch_size=8,
+        warmup_steps=5,
+        block_size=64,
+        eval_every=1000,
+        eval_batches=1,
+        log_every=1,
+        lr=3e-3,
+        ema=0.0,
+        device="cpu",
         model_config=ModelConfig(dim=32, n_heads=2, n_layers=1, cond_dim=16, dropout=0.1),
     )
-    train(TrainConfig(model="denoiser", out=str(root / "den"), steps=60, save_every=60, **common), progress=False)
-    train(TrainConfig(model="ar", out=str(root / "ar"), steps=30, save_every=30, **common), progress=False)
+    train(
+        TrainConfig(model="denoiser", out=str(root / "den"), steps=60, save_every=60, **common),
+        progress=False,
+    )
+    train(
+        TrainConfig(model="ar", out=str(root / "ar"), steps=30, save_every=30, **common),
+        progress=False,
+    )
     common.update(lr=1e-2, batch_size=16, eval_batches=4)  # the energy learns slowly at first
-    nce = TrainConfig(model="energy", out=str(root / "nce"), steps=120, save_every=120, init_from=str(root / "den"),
-                      num_negatives=2, **common)
+    nce = TrainConfig(
+        model="energy",
+        out=str(root / "nce"),
+        steps=120,
+        save_every=120,
+        init_from=str(root / "den"),
+        num_negatives=2,
+        **common,
+    )
     train(nce, progress=False)
     return root
 
 
+@pytest.mark.slow  # trains three models (module fixture)
 def test_nce_lowers_its_loss_and_ranks_real_text_lower(runs):
     lines = [json.loads(x) for x in (runs / "nce" / "metrics.jsonl").read_text().splitlines()]
-    assert lines[0]["loss"] == pytest.approx(2 * 0.6931, abs=0.05)  # a fresh energy is 0: log 2 + log 2
+    assert lines[0]["loss"] == pytest.approx(
+        2 * 0.6931, abs=0.05
+    )  # a fresh energy is 0: log 2 + log 2
     assert lines[-1]["valid_loss"] < 2 * 0.6931 - 0.01  # held-out NCE loss below the fresh energy's
     assert sum(r["energy_gap"] for r in lines[-20:]) / 20 > 0
     # On held-out text: real sequences get lower energy than the denoiser's proposals for the
     # same xt, pair by pair, more often than not.
-    energy, cfg = checkpoint.load_model(runs / "nce")
+    energy, _cfg = checkpoint.load_model(runs / "nce")
     denoiser, _ = checkpoint.load_model(runs / "den")
     valid = load_dataset(str(runs / "valid.txt"), tokenizer="char", shuffle=False, block_size=64)
     x = next(valid.batches(96))
     t, noise = step_noise(123, 0, 96, 64, torch.arange(96))
-    xt = torch.where(noise < t[:, None], torch.full_like(x, 27), x)
+    xt, _ = schedule.forward_mask(x, t, noise, 27)
     with torch.no_grad():
-        neg, _ = ops.masked_sample(denoiser(xt, t), xt, 27, num_samples=8, generator=torch.Generator().manual_seed(0))
+        neg, _ = ops.masked_sample(
+            denoiser(xt, t), xt, 27, num_samples=8, generator=torch.Generator().manual_seed(0)
+        )
         e_pos = energy(x, xt, t)
-        e_neg = energy(neg.flatten(0, 1), xt.repeat_interleave(8, 0), t.repeat_interleave(8)).view(96, 8)
+        e_neg = energy(neg.flatten(0, 1), xt.repeat_interleave(8, 0), t.repeat_interleave(8)).view(
+            96, 8
+        )
     pairs = (e_pos[:, None] < e_neg).float().mean().item()
     assert (e_neg.mean() - e_pos.mean()).item() > 0 and pairs > 0.5, pairs
 
 
+@pytest.mark.slow  # trains three models (module fixture)
 def test_denoiser_stays_frozen_in_eval_mode(runs):
     denoiser, _ = checkpoint.load_model(runs / "den")
-    trainer = NCETrainer(EnergyModel.from_denoiser(denoiser), denoiser).train()
-    assert trainer.energy.training and not trainer.denoiser.training
-    assert all(not p.requires_grad for p in trainer.denoiser.parameters())
-    assert set(trainer.state_dict()) == set(trainer.energy.state_dict())
+    energy = EnergyModel.from_denoiser(denoiser).train()
+    (proposal,) = energy._proposal
+    assert energy.training and not proposal.training
+    assert all(not p.requires_grad for p in proposal.parameters())
+    # Only the energy is trained and saved: the proposal is no submodule of it.
+    assert set(energy.state_dict()) == set(EnergyModel(energy.cfg).state_dict())
+    assert {id(p) for p in energy.parameters()}.isdisjoint(id(p) for p in proposal.parameters())
+    energy.to(torch.float64)  # .to() moves the proposal along
+    assert next(proposal.parameters()).dtype == torch.float64
+    energy.to(torch.float32)
     x = torch.randint(0, 27, (4, 64))
     t, noise = step_noise(0, 0, 4, 64, torch.arange(4))
-    trainer.energy.eval()
-    a = trainer.loss({"x": x, "t": t, "noise": noise, "seed": 3})[0]
-    b = trainer.loss({"x": x, "t": t, "noise": noise, "seed": 3})[0]
+    energy.eval()
+    a = energy.loss({"x": x, "t": t, "noise": noise, "seed": 3})[0]
+    b = energy.loss({"x": x, "t": t, "noise": noise, "seed": 3})[0]
     assert a.item() == b.item()  # negatives drawn without dropout: the same for the same seed
+    with pytest.raises(RuntimeError, match="no proposal denoiser"):
+        EnergyModel(energy.cfg).loss({"x": x, "t": t, "noise": noise})
 
 
+@pytest.mark.slow  # trains three models (module fixture)
 def test_fresh_energy_is_zero_and_copies_the_denoiser(runs):
     denoiser, _ = checkpoint.load_model(runs / "den")
     energy = EnergyModel.from_denoiser(denoiser)
@@ -83,31 +123,56 @@ def test_fresh_energy_is_zero_and_copies_the_denoiser(runs):
 
 def test_hugging_face_causal_lm_as_ar_energy(tmp_path):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(vocab_size=28, n_positions=64, n_embd=16, n_layer=1, n_head=2,
-                                  bos_token_id=26, eos_token_id=26)
+    cfg = transformers.GPT2Config(
+        vocab_size=28,
+        n_positions=64,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=26,
+        eos_token_id=26,
+    )
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    hf = HFCausalLM.from_pretrained(tmp_path)
+    hf = checkpoint.load_hf_causal_lm(tmp_path)
     x0 = torch.randint(0, 27, (3, 10))
     xt = x0.clone()
     xt[:, ::2] = 27
     logits = hf(x0)
     assert logits.shape == (3, 10, 28)
     with torch.no_grad():
-        ref = hf.model(input_ids=torch.cat([torch.full((3, 1), 26), x0[:, :-1]], 1)).logits.log_softmax(-1)
+        ref = hf.model(
+            input_ids=torch.cat([torch.full((3, 1), 26), x0[:, :-1]], 1)
+        ).logits.log_softmax(-1)
     cond = ref.gather(-1, x0[..., None])[..., 0]
     lp = torch.randn(3)
     e = AREnergy(hf, 27)(x0, xt, torch.ones(3), lp)
     torch.testing.assert_close(e, -(cond * (xt == 27)).sum(-1) + lp, rtol=1e-5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="Hugging Face model folder not found"):
-        HFCausalLM.from_pretrained(tmp_path / "nope")
+        checkpoint.load_hf_causal_lm(tmp_path / "nope")
 
 
+@pytest.mark.slow  # trains three models (module fixture)
 @pytest.mark.parametrize("energy", [None, "ar", "nce"])
 def test_sample_command(runs, tmp_path, capsys, energy):
     out = tmp_path / "s.jsonl"
-    args = ["sample", "--denoiser", str(runs / "den"), "--steps", "16", "--num", "2", "--length", "48",
-            "--prompt", "it is a truth", "--seed", "1", "--out", str(out)]
+    args = [
+        "sample",
+        "--denoiser",
+        str(runs / "den"),
+        "--steps",
+        "16",
+        "--num",
+        "2",
+        "--length",
+        "48",
+        "--prompt",
+        "it is a truth",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    ]
     if energy:
         args += ["--energy", f"{energy}:{runs / ('ar' if energy == 'ar' else 'nce')}", "--k", "3"]
     assert main(args) == 0
@@ -120,10 +185,14 @@ def test_sample_command(runs, tmp_path, capsys, energy):
     assert (stats["is_steps"] > 0) == bool(energy)
 
 
+@pytest.mark.slow  # trains three models (module fixture)
 def test_sample_command_errors(runs):
-    with pytest.raises(SystemExit, match="edlm sample: no checkpoint at"):
+    with pytest.raises(SystemExit, match="edlm sample: --denoiser .*missing: no checkpoint at"):
         main(["sample", "--denoiser", str(runs / "missing")])
-    with pytest.raises(SystemExit, match="--energy must be KIND:PATH with KIND in ar, ar-full, nce, hf, hf-full, got .xx."):
+    with pytest.raises(
+        SystemExit,
+        match="--energy must be KIND:PATH with KIND in ar, ar-full, nce, hf, hf-full, got .xx.",
+    ):
         main(["sample", "--denoiser", str(runs / "den"), "--energy", "xx"])
     with pytest.raises(SystemExit, match="holds a 'denoiser' model, not 'ar'"):
         main(["sample", "--denoiser", str(runs / "den"), "--energy", f"ar:{runs / 'den'}"])

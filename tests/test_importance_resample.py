@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from statcheck import chi_square, chi_square_bound
-
 from devices import HAS_CUDA
+from statcheck import chi_square, chi_square_bound
 
 from edlm import ops, reference
 
@@ -27,7 +26,9 @@ def test_ess_matches_reference(device):
     index, ess = ops.importance_resample(log_w.to(device), num_samples=3)
     assert index.shape == (50, 3) and index.dtype == torch.int64
     assert ess.shape == (50,) and ess.dtype == torch.float32
-    torch.testing.assert_close(ess.cpu(), reference.importance_resample(log_w)[1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        ess.cpu(), reference.importance_resample(log_w)[1], rtol=1e-6, atol=0
+    )
     assert ess[4].item() == pytest.approx(7.0) and ess[5].item() == pytest.approx(1.0)
     assert torch.all(index[5] == 6)
 
@@ -54,7 +55,9 @@ def test_distribution_per_row(device):
 def test_sign_on_two_candidates(device):
     # Lower energy = more likely: log_w = -E with E = [3, 0] puts 95.3% on candidate 1.
     energy = torch.tensor([[3.0, 0.0]]).expand(4, 2).contiguous()
-    index, _ = ops.importance_resample((-energy).to(device), num_samples=5000, generator=gen(0, device))
+    index, _ = ops.importance_resample(
+        (-energy).to(device), num_samples=5000, generator=gen(0, device)
+    )
     frac = (index == 1).double().mean().item()
     p = 1 / (1 + math.exp(-3))
     assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / 20000)
@@ -63,7 +66,9 @@ def test_sign_on_two_candidates(device):
 def test_tiny_weights_are_resolved(device):
     # A candidate at 1e-12 of the other: 1e6 draws must not show it; at 1e-4 it shows ~100 times.
     log_w = torch.tensor([[0.0, math.log(1e-4)]]).expand(10, 2).contiguous()
-    index, _ = ops.importance_resample(log_w.to(device), num_samples=100_000, generator=gen(1, device))
+    index, _ = ops.importance_resample(
+        log_w.to(device), num_samples=100_000, generator=gen(1, device)
+    )
     hits = (index == 1).sum().item()
     assert abs(hits - 100) < 5 * 10
 

@@ -29,10 +29,18 @@ def test_philox_known_answers():
     # Random123's known-answer vectors for Philox4x32-10.
     f = edlm._C.philox4x32_10
     assert f([0, 0, 0, 0], 0) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
-    assert f([0xFFFFFFFF] * 4, 0xFFFFFFFFFFFFFFFF) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert f([0xFFFFFFFF] * 4, 0xFFFFFFFFFFFFFFFF) == [
+        0x408F276D,
+        0x41C83B0E,
+        0xA20BC7C6,
+        0x6D5451FD,
+    ]
     key = (0x299F31D0 << 32) | 0xA4093822
     assert f([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], key) == [
-        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1,
+        0xD16CFE09,
+        0x94FDCCEB,
+        0x5001E420,
+        0x24126EA1,
     ]
 
 

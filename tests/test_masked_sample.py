@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from statcheck import chi_square, chi_square_bound
-
 from devices import HAS_CUDA
+from statcheck import chi_square, chi_square_bound
 
 from edlm import ops, reference
 
@@ -50,7 +49,9 @@ def test_carry_over_and_logp_match_reference(device, dtype):
     assert torch.all((drawn >= 0) & (drawn < V) & (drawn != mask_id))
     ref_logp = reference.masked_sample_probs(logits.cpu(), mask_id).log()  # [B, L, V]
     expect = ref_logp.unsqueeze(1).expand(B, K, L, V).gather(-1, tokens.cpu()[..., None])[..., 0]
-    torch.testing.assert_close(logp.cpu()[masked.cpu()], expect[masked.cpu()].float(), rtol=0, atol=2e-5)
+    torch.testing.assert_close(
+        logp.cpu()[masked.cpu()], expect[masked.cpu()].float(), rtol=0, atol=2e-5
+    )
 
 
 def test_temperature_scales_logp(device):
@@ -152,19 +153,27 @@ def test_row_output_depends_only_on_its_own_inputs(device):
     logits = torch.randn(B, L, V, device=device)
     xt = torch.full((B, L), V - 1, device=device)
     xt[:, ::3] = 7
-    base = ops.masked_sample(logits, xt, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device))
+    base = ops.masked_sample(
+        logits, xt, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device)
+    )
     # Change every other row: rows 1 and 3 must not move.
     logits2, xt2 = logits.clone(), xt.clone()
     logits2[0] = torch.randn(L, V, device=device)
     logits2[2] = -logits2[2]
     xt2[0, :] = V - 1
-    other = ops.masked_sample(logits2, xt2, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device))
+    other = ops.masked_sample(
+        logits2, xt2, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device)
+    )
     for b in (1, 3):
         assert torch.equal(base[0][b], other[0][b]) and torch.equal(base[1][b], other[1][b])
     # Fewer rows, or fewer samples: the shared prefix is unchanged.
-    head = ops.masked_sample(logits[:2], xt[:2], V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device))
+    head = ops.masked_sample(
+        logits[:2], xt[:2], V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device)
+    )
     assert torch.equal(head[0], base[0][:2])
-    fewer = ops.masked_sample(logits, xt, V - 1, num_samples=2, reveal_prob=0.7, generator=gen(5, device))
+    fewer = ops.masked_sample(
+        logits, xt, V - 1, num_samples=2, reveal_prob=0.7, generator=gen(5, device)
+    )
     assert torch.equal(fewer[0], base[0][:, :2])
 
 
@@ -172,7 +181,9 @@ def test_non_contiguous_inputs(device):
     logits = torch.randn(20, 3, 30, device=device).transpose(0, 1)  # [3, 20, 30], strided
     xt = torch.full((20, 3), 29, device=device).t()
     a = ops.masked_sample(logits, xt, 29, num_samples=2, generator=gen(1, device))
-    b = ops.masked_sample(logits.contiguous(), xt.contiguous(), 29, num_samples=2, generator=gen(1, device))
+    b = ops.masked_sample(
+        logits.contiguous(), xt.contiguous(), 29, num_samples=2, generator=gen(1, device)
+    )
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -183,7 +194,11 @@ def draw_counts(logits, mask_id, K, device, seed, temperature=1.0, dtype=torch.f
     B, L, V = logits.shape
     xt = torch.full((B, L), mask_id, device=device)
     tokens, _ = ops.masked_sample(
-        logits.to(dtype).to(device), xt, mask_id, num_samples=K, temperature=temperature,
+        logits.to(dtype).to(device),
+        xt,
+        mask_id,
+        num_samples=K,
+        temperature=temperature,
         generator=gen(seed, device),
     )
     return empirical(tokens, V)
@@ -235,7 +250,9 @@ def test_tail_at_1e_minus_9_is_drawn_at_its_true_rate(device, isa, dtype):
     logits[..., 0] = 0.0
     logits = logits.to(dtype)
     xt = torch.full((rows, 1), V - 1, device=device)
-    tokens, _ = ops.masked_sample(logits.to(device), xt, V - 1, num_samples=K, generator=gen(2, device))
+    tokens, _ = ops.masked_sample(
+        logits.to(device), xt, V - 1, num_samples=K, generator=gen(2, device)
+    )
     p_tail = reference.masked_sample_probs(logits, V - 1)[0, 0, 1:].sum().item()
     n = rows * K
     expected, sd = n * p_tail, math.sqrt(n * p_tail * (1 - p_tail))
@@ -255,7 +272,9 @@ def test_tail_of_a_single_token(device, isa):
     logits[..., 0] = 0.0
     logits[..., 50] = math.log(1e-6)
     xt = torch.full((rows, 1), V - 1, device=device)
-    tokens, _ = ops.masked_sample(logits.to(device), xt, V - 1, num_samples=K, generator=gen(4, device))
+    tokens, _ = ops.masked_sample(
+        logits.to(device), xt, V - 1, num_samples=K, generator=gen(4, device)
+    )
     hits = (tokens == 50).sum().item()
     assert 1 <= hits <= 30
     assert torch.all((tokens == 0) | (tokens == 50))
@@ -266,13 +285,17 @@ def test_reveal_rate(device):
     logits = torch.randn(B, L, 10, device=device)
     xt = torch.full((B, L), 9, device=device)
     rows = torch.tensor([0.25, 0.9], device=device)
-    tokens, logp = ops.masked_sample(logits, xt, 9, num_samples=K, reveal_prob=rows, generator=gen(0, device))
+    tokens, logp = ops.masked_sample(
+        logits, xt, 9, num_samples=K, reveal_prob=rows, generator=gen(0, device)
+    )
     n = L * K
     for b, p in enumerate((0.25, 0.9)):
         revealed = (tokens[b] != 9).sum().item()
         assert abs(revealed - n * p) < 5 * math.sqrt(n * p * (1 - p))
         assert torch.all((logp[b] == 0) == (tokens[b] == 9))
-    tokens, _ = ops.masked_sample(logits, xt, 9, num_samples=K, reveal_prob=0.1, generator=gen(1, device))
+    tokens, _ = ops.masked_sample(
+        logits, xt, 9, num_samples=K, reveal_prob=0.1, generator=gen(1, device)
+    )
     revealed = (tokens != 9).sum().item()
     assert abs(revealed - 2 * n * 0.1) < 5 * math.sqrt(2 * n * 0.09)
 
@@ -283,7 +306,9 @@ def test_draws_are_independent_across_samples_and_positions(device):
     V = 6
     logits = torch.zeros(1, 200, V)
     xt = torch.full((1, 200), V - 1)
-    tokens, _ = ops.masked_sample(logits.to(device), xt.to(device), V - 1, num_samples=200, generator=gen(0, device))
+    tokens, _ = ops.masked_sample(
+        logits.to(device), xt.to(device), V - 1, num_samples=200, generator=gen(0, device)
+    )
     tokens = tokens.cpu()
     p_equal = 1 / (V - 1)
     for a, b in ((tokens[:, 1:], tokens[:, :-1]), (tokens[..., 1:], tokens[..., :-1])):
@@ -338,17 +363,46 @@ def test_bad_input(device):
     bad(r"masked_sample: logits must be 3-D", logits[0], xt, 4)
     bad(r"masked_sample: xt must be \[2, 3\]", logits, xt[:1], 4)
     bad(r"masked_sample: xt must be int64, got Int", logits, xt.int(), 4)
-    bad(r"masked_sample: logits must be float32, bfloat16 or float16, got Double", logits.double(), xt, 4)
+    bad(
+        r"masked_sample: logits must be float32, bfloat16 or float16, got Double",
+        logits.double(),
+        xt,
+        4,
+    )
     bad(r"masked_sample: mask_id = 5 is outside \[0, V\) with V = 5", logits, xt, 5)
     bad(r"masked_sample: mask_id = -1", logits, xt, -1)
     bad(r"masked_sample: V must be at least 2", logits[..., :1], torch.zeros_like(xt), 0)
     bad(r"masked_sample: num_samples must be >= 1, got 0", logits, xt, 4, num_samples=0)
     bad(r"masked_sample: temperature must be finite and > 0, got 0", logits, xt, 4, temperature=0.0)
-    bad(r"masked_sample: temperature must be finite and > 0, got -1", logits, xt, 4, temperature=-1.0)
+    bad(
+        r"masked_sample: temperature must be finite and > 0, got -1",
+        logits,
+        xt,
+        4,
+        temperature=-1.0,
+    )
     bad(r"masked_sample: reveal_prob must be in \[0, 1\], got 1.5", logits, xt, 4, reveal_prob=1.5)
-    bad(r"masked_sample: reveal_prob must be in \[0, 1\], got nan", logits, xt, 4, reveal_prob=float("nan"))
-    bad(r"masked_sample: a reveal_prob tensor must be \[B\]", logits, xt, 4, reveal_prob=torch.ones(3, device=device))
-    bad(r"masked_sample: a reveal_prob tensor must be float32", logits, xt, 4, reveal_prob=torch.ones(2, device=device, dtype=torch.float64))
+    bad(
+        r"masked_sample: reveal_prob must be in \[0, 1\], got nan",
+        logits,
+        xt,
+        4,
+        reveal_prob=float("nan"),
+    )
+    bad(
+        r"masked_sample: a reveal_prob tensor must be \[B\]",
+        logits,
+        xt,
+        4,
+        reveal_prob=torch.ones(3, device=device),
+    )
+    bad(
+        r"masked_sample: a reveal_prob tensor must be float32",
+        logits,
+        xt,
+        4,
+        reveal_prob=torch.ones(2, device=device, dtype=torch.float64),
+    )
 
 
 def test_bad_values_cpu():
@@ -360,7 +414,13 @@ def test_bad_values_cpu():
     bad(r"masked_sample: xt\[1, 2\] = 9 is outside \[0, V\) with V = 5", logits, xt_bad, 4)
     xt_bad[1, 2] = -3
     bad(r"masked_sample: xt\[1, 2\] = -3", logits, xt_bad, 4)
-    bad(r"masked_sample: reveal_prob\[1\] = 2 is outside \[0, 1\]", logits, xt, 4, reveal_prob=torch.tensor([0.5, 2.0]))
+    bad(
+        r"masked_sample: reveal_prob\[1\] = 2 is outside \[0, 1\]",
+        logits,
+        xt,
+        4,
+        reveal_prob=torch.tensor([0.5, 2.0]),
+    )
     nan = logits.clone()
     nan[1, 1, 2] = float("nan")
     bad(r"masked_sample: logits\[1, 1\] contain NaN or \+inf", nan, xt, 4)
@@ -385,8 +445,10 @@ def test_cuda_agrees_with_the_cpu_kernel_in_distribution():
     V, K = 40, 20000
     logits = torch.randn(2, 1, V) * 2
     xt = torch.full((2, 1), V - 1)
-    tc, lc = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0))
-    tg, lg = ops.masked_sample(logits.cuda(), xt.cuda(), V - 1, num_samples=K, generator=gen(0, "cuda"))
+    tc, _lc = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0))
+    tg, lg = ops.masked_sample(
+        logits.cuda(), xt.cuda(), V - 1, num_samples=K, generator=gen(0, "cuda")
+    )
     for b in range(2):
         a = torch.bincount(tc[b, :, 0], minlength=V).double()
         g = torch.bincount(tg[b, :, 0].cpu(), minlength=V).double()

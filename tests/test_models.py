@@ -1,17 +1,15 @@
 """Tests of the models: SUBS output, causality, the NELBO estimator against an exact computation,
-config overrides, and loading the public MDLM checkpoint format from a local folder."""
+the presets, and the model configs' checks."""
 
-import json
+import dataclasses
 import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from edlm import schedule
-from edlm.config import ModelConfig, TrainConfig, apply_overrides, preset
-from edlm.models import ARModel, Denoiser
-from edlm.models.denoiser import from_mdlm
+from edlm.config import ConfigError, ModelConfig, preset
+from edlm.models import ARModel, Denoiser, build
 
 SMALL = ModelConfig(vocab_size=6, length=8, dim=32, n_heads=2, n_layers=2, cond_dim=16, dropout=0.0)
 
@@ -67,7 +65,9 @@ def test_ar_generate_draws_from_the_model(temperature):
 
     from statcheck import chi_square, chi_square_bound
 
-    cfg = ModelConfig(vocab_size=4, length=3, dim=32, n_heads=2, n_layers=2, cond_dim=16, dropout=0.0)
+    cfg = ModelConfig(
+        vocab_size=4, length=3, dim=32, n_heads=2, n_layers=2, cond_dim=16, dropout=0.0
+    )
     model = randomize(ARModel(cfg), seed=3).eval()
     all_x = torch.tensor(list(itertools.product(range(3), repeat=3)))
     with torch.no_grad():
@@ -80,7 +80,9 @@ def test_ar_generate_draws_from_the_model(temperature):
     stat, df = chi_square(counts, probs)
     assert stat < chi_square_bound(df), (stat, df)
     # the same generator state gives the same samples
-    again = model.generate(20000, temperature=temperature, generator=torch.Generator().manual_seed(1))
+    again = model.generate(
+        20000, temperature=temperature, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.equal(x, again)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         model.generate(2, temperature=0.0)
@@ -92,7 +94,9 @@ def test_nelbo_estimator_matches_exact_integral():
     # loss (antithetic t, Bernoulli masks, 1/t weight) must agree with it on average.
     L, V = 3, 4  # 3 real tokens + mask
     cfg = ModelConfig(vocab_size=V, length=L, dim=8, n_heads=1, n_layers=1, cond_dim=8, dropout=0.0)
-    table = torch.tensor([[0.0, 1.0, 2.0, 0.0], [1.5, 0.0, -1.0, 0.0], [0.3, 0.2, 0.1, 0.0], [2.0, -2.0, 0.5, 0.0]])
+    table = torch.tensor(
+        [[0.0, 1.0, 2.0, 0.0], [1.5, 0.0, -1.0, 0.0], [0.3, 0.2, 0.1, 0.0], [2.0, -2.0, 0.5, 0.0]]
+    )
 
     class Toy(Denoiser):
         def raw_logits(self, xt, t):
@@ -109,10 +113,10 @@ def test_nelbo_estimator_matches_exact_integral():
         p = (1 - schedule.EPS) * t
         total = 0.0
         for bits in range(1 << L):
-            masked = [(bits >> l) & 1 for l in range(L)]
+            masked = [(bits >> pos) & 1 for pos in range(L)]
             k = sum(masked)
             prob = p**k * (1 - p) ** (L - k)
-            total += prob * sum(-logq[k, x0[l]].item() for l in range(L) if masked[l])
+            total += prob * sum(-logq[k, x0[pos]].item() for pos in range(L) if masked[pos])
         return total / t
 
     ts = torch.linspace(schedule.T_MIN, 1.0, 20001, dtype=torch.float64)
@@ -140,77 +144,51 @@ def test_antithetic_times_cover_the_interval():
     torch.testing.assert_close(gaps, torch.full_like(gaps, (1 - schedule.T_MIN) / 8))
 
 
-def test_overrides_are_type_checked():
-    cfg = TrainConfig()
-    apply_overrides(cfg, {"steps": "10", "lr": "1e-3", "model.dim": "64", "model.time_conditioning": "true"})
-    assert cfg.steps == 10 and cfg.lr == 1e-3 and cfg.model_config.dim == 64 and cfg.model_config.time_conditioning
-    with pytest.raises(ValueError, match="unknown config key 'stepz'"):
-        apply_overrides(cfg, {"stepz": "3"})
-    with pytest.raises(ValueError, match="config key 'steps' expects an integer, got 'ten'"):
-        apply_overrides(cfg, {"steps": "ten"})
-    with pytest.raises(ValueError, match="unknown config key 'model.width'"):
-        apply_overrides(cfg, {"model.width": "3"})
-    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
-        preset("huge")
-
-
-def mdlm_state_dict(cfg: ModelConfig):
-    """A state dict with the public MDLM (Hugging Face mdlm-owt) key names and shapes."""
-    D, C, V, F = cfg.dim, cfg.cond_dim, cfg.vocab_size, cfg.mlp_ratio * cfg.dim
-    s = {
-        "backbone.vocab_embed.embedding": (V, D),
-        "backbone.sigma_map.mlp.0.weight": (C, 256), "backbone.sigma_map.mlp.0.bias": (C,),
-        "backbone.sigma_map.mlp.2.weight": (C, C), "backbone.sigma_map.mlp.2.bias": (C,),
-        "backbone.rotary_emb.inv_freq": (D // cfg.n_heads // 2,),
-        "backbone.output_layer.norm_final.weight": (D,),
-        "backbone.output_layer.linear.weight": (V, D), "backbone.output_layer.linear.bias": (V,),
-        "backbone.output_layer.adaLN_modulation.weight": (2 * D, C),
-        "backbone.output_layer.adaLN_modulation.bias": (2 * D,),
-    }
-    for i in range(cfg.n_layers):
-        b = f"backbone.blocks.{i}."
-        s.update({
-            b + "norm1.weight": (D,), b + "attn_qkv.weight": (3 * D, D), b + "attn_out.weight": (D, D),
-            b + "norm2.weight": (D,), b + "mlp.0.weight": (F, D), b + "mlp.0.bias": (F,),
-            b + "mlp.2.weight": (D, F), b + "mlp.2.bias": (D,),
-            b + "adaLN_modulation.weight": (6 * D, C), b + "adaLN_modulation.bias": (6 * D,),
-        })
-    g = torch.Generator().manual_seed(0)
-    return {k: torch.randn(shape, generator=g) * 0.1 for k, shape in s.items()}
-
-
-def test_loads_public_mdlm_checkpoint_format(tmp_path):
-    cfg = ModelConfig(vocab_size=50, length=16, dim=48, n_heads=3, n_layers=2, cond_dim=24)
-    state = mdlm_state_dict(cfg)
-    save_file(state, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "mdlm", "vocab_size": 50, "model_length": 16, "hidden_dim": 48, "cond_dim": 24,
-        "n_blocks": 2, "n_heads": 3, "dropout": 0.1, "time_conditioning": False,
-    }))
-    model = from_mdlm(tmp_path)
-    assert model.cfg.n_layers == 2 and model.cfg.dim == 48 and model.cfg.vocab_size == 50
-    torch.testing.assert_close(model.blocks[1].attn_qkv.weight, state["backbone.blocks.1.attn_qkv.weight"])
-    out = model(torch.full((2, 16), 49), torch.ones(2))
-    assert out.shape == (2, 16, 50) and torch.isfinite(out[..., :49]).all()
-    # Same weights through the .bin route (loaded with weights_only=True).
-    (tmp_path / "model.safetensors").unlink()
-    torch.save(state, tmp_path / "pytorch_model.bin")
-    torch.testing.assert_close(from_mdlm(tmp_path)(torch.full((2, 16), 49), torch.ones(2)), out)
-
-
-def test_mdlm_loader_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="MDLM checkpoint folder not found"):
-        from_mdlm(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
-        from_mdlm(tmp_path)
-    save_file({"x": torch.zeros(1)}, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match="not an MDLM DiT checkpoint"):
-        from_mdlm(tmp_path)
-
-
 def test_presets():
     tiny, small = preset("tiny"), preset("small")
-    assert (small.n_layers, small.dim, small.n_heads, small.vocab_size) == (12, 768, 12, 50258)
-    n = sum(p.numel() for p in Denoiser(tiny).parameters())
+    assert (small.n_layers, small.dim, small.n_heads, small.vocab_size, small.length) == (
+        12,
+        768,
+        12,
+        0,
+        0,
+    )
+    n = sum(
+        p.numel()
+        for p in Denoiser(dataclasses.replace(tiny, vocab_size=28, length=256)).parameters()
+    )
     assert n < 5e6
-    assert math.isclose(schedule.mask_prob(torch.tensor(1.0)).item(), 1 - schedule.EPS, rel_tol=1e-6)
+    assert math.isclose(
+        schedule.mask_prob(torch.tensor(1.0)).item(), 1 - schedule.EPS, rel_tol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"dim": -5}, r"model.dim must be >= 1, got -5"),
+        ({"n_layers": 0}, r"model.n_layers must be >= 1"),
+        (
+            {"dim": 30, "n_heads": 4},
+            r"model.dim \(30\) must be a multiple of 2 \* model.n_heads \(4\)",
+        ),
+        ({"vocab_size": 0}, r"model.vocab_size must be >= 1, got 0 \(it comes from the data"),
+        ({"mask_id": 28}, r"model.mask_id must be in \[0, 28\), got 28"),
+        ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\)"),
+    ],
+)
+def test_build_refuses_configs_no_model_fits(change, message):
+    cfg = dataclasses.replace(ModelConfig(vocab_size=28, length=16), **change)
+    with pytest.raises(ConfigError, match=message):
+        build("denoiser", cfg)
+
+
+def test_mask_id_is_stored_not_derived():
+    assert ModelConfig(vocab_size=28).mask_id == 27  # unset: the last id
+    cfg = ModelConfig(vocab_size=30, length=8, mask_id=3, dim=16, n_heads=2, n_layers=1, cond_dim=8)
+    den = build("denoiser", cfg).eval()
+    assert den.mask_id == 3 and build("ar", cfg).mask_id == 3
+    xt = torch.tensor([[3, 3, 5, 29, 3, 0, 1, 3]])
+    logp = den(xt, torch.ones(1))
+    assert torch.all(logp[0, [0, 1, 4, 7], 3] == float("-inf"))  # the mask is never predicted
+    assert torch.all(logp[0, [0, 1, 4, 7], 29] > float("-inf"))  # the last id is a real token

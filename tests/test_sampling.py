@@ -3,16 +3,13 @@ proposal, the EDLM target mu * exp(-E) / Z and the AR conditional can be enumera
 match the proposal, importance sampling moves towards the target as k grows and away from it with
 the sign flipped, rows keep their own candidates, the window is honoured, prompts are kept."""
 
-import math
-
 import pytest
 import torch
 from statcheck import chi_square, chi_square_bound
+from toy import ENERGY, MASK, SEQS, L, ToyAR, ToyDenoiser, V, seq_id
 
 import edlm
 from edlm.models import AREnergy
-
-from toy import ENERGY, L, MASK, SEQS, V, ToyAR, ToyDenoiser, seq_id  # noqa: F401
 
 
 def table_energy(sign=1.0):
@@ -32,8 +29,14 @@ def tv(counts, probs):
 
 def draw(n, seed, **kw):
     kw.setdefault("steps", 1)
-    return edlm.sample(ToyDenoiser(), batch_size=n, length=L, mask_id=MASK,
-                       generator=torch.Generator().manual_seed(seed), **kw)
+    return edlm.sample(
+        ToyDenoiser(),
+        batch_size=n,
+        length=L,
+        mask_id=MASK,
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
 
 
 def test_one_step_mdlm_matches_factorized_proposal():
@@ -51,7 +54,10 @@ def test_importance_sampling_converges_to_the_target_and_sign_matters():
     target = target / target.sum()
     assert 0.5 * (proposal - target).abs().sum() > 0.2  # the energy matters
     n = 20000
-    dist = {k: tv(empirical(draw(n, k, energy=table_energy(), num_candidates=k)), target) for k in (1, 4, 32)}
+    dist = {
+        k: tv(empirical(draw(n, k, energy=table_energy(), num_candidates=k)), target)
+        for k in (1, 4, 32)
+    }
     assert dist[1] > dist[4] > dist[32]
     assert dist[32] < 0.03, dist
     counts = empirical(draw(n, 7, energy=table_energy(), num_candidates=64))
@@ -69,11 +75,20 @@ def test_rows_keep_their_own_candidates():
     prompt[:n, 0] = 0
     prompt[n:, 0] = 2
     prompt[:n, 2] = 1
-    out = edlm.sample(ToyDenoiser(), batch_size=2 * n, length=L, mask_id=MASK, steps=1, prompt=prompt,
-                      energy=table_energy(), num_candidates=128, generator=torch.Generator().manual_seed(5))
+    out = edlm.sample(
+        ToyDenoiser(),
+        batch_size=2 * n,
+        length=L,
+        mask_id=MASK,
+        steps=1,
+        prompt=prompt,
+        energy=table_energy(),
+        num_candidates=128,
+        generator=torch.Generator().manual_seed(5),
+    )
     assert torch.all(out[:n, 0] == 0) and torch.all(out[n:, 0] == 2) and torch.all(out[:n, 2] == 1)
     for rows, p in ((slice(0, n), prompt[0]), (slice(n, 2 * n), prompt[n])):
-        consistent = ((SEQS == p) | (p == MASK)).all(-1)
+        consistent = ((p == SEQS) | (p == MASK)).all(-1)
         target = ToyDenoiser().proposal(p) * torch.exp(-ENERGY.double()) * consistent
         target = target / target.sum()
         assert tv(empirical(out[rows]), target) < 0.05
@@ -87,13 +102,26 @@ def test_window_runs_is_exactly_where_t_is_above_one_minus_window():
         return ENERGY[seq_id(x0)]
 
     steps, window = 10, 0.35
-    x, stats = edlm.sample(ToyDenoiser(), batch_size=64, length=L, mask_id=MASK, steps=steps, energy=energy,
-                           num_candidates=4, window=window, generator=torch.Generator().manual_seed(0),
-                           return_stats=True)
+    _x, stats = edlm.sample(
+        ToyDenoiser(),
+        batch_size=64,
+        length=L,
+        mask_id=MASK,
+        steps=steps,
+        energy=energy,
+        num_candidates=4,
+        window=window,
+        generator=torch.Generator().manual_seed(0),
+        return_stats=True,
+    )
     grid = edlm.schedule.sampling_grid(steps)
     assert seen and all(t > 1 - window for t in seen)
     assert stats["is_steps"] == len(seen) == stats["energy_calls"]
-    assert stats["ess"].shape == (len(seen), 64) and torch.all(stats["ess"] >= 1) and torch.all(stats["ess"] <= 4)
+    assert (
+        stats["ess"].shape == (len(seen), 64)
+        and torch.all(stats["ess"] >= 1)
+        and torch.all(stats["ess"] <= 4)
+    )
     # Every step above the threshold that revealed something ran IS (with 64 x 4 positions all do).
     expected = [float(grid[i]) for i in range(steps) if float(grid[i]) > 1 - window]
     assert seen == pytest.approx(expected)
@@ -102,8 +130,14 @@ def test_window_runs_is_exactly_where_t_is_above_one_minus_window():
 def test_window_zero_is_plain_mdlm_for_the_same_seed():
     kw = dict(batch_size=50, length=L, mask_id=MASK, steps=8)
     a = edlm.sample(ToyDenoiser(), generator=torch.Generator().manual_seed(3), **kw)
-    b = edlm.sample(ToyDenoiser(), generator=torch.Generator().manual_seed(3), energy=table_energy(),
-                    num_candidates=4, window=0.0, **kw)
+    b = edlm.sample(
+        ToyDenoiser(),
+        generator=torch.Generator().manual_seed(3),
+        energy=table_energy(),
+        num_candidates=4,
+        window=0.0,
+        **kw,
+    )
     assert torch.equal(a, b)
 
 
@@ -111,7 +145,15 @@ def test_determinism_and_prompt_preservation():
     prompt = torch.full((3, 6), MASK)
     prompt[:, 1] = 2
     prompt[1, 4] = 0
-    kw = dict(batch_size=3, length=6, mask_id=MASK, steps=5, prompt=prompt, energy=table6, num_candidates=3)
+    kw = dict(
+        batch_size=3,
+        length=6,
+        mask_id=MASK,
+        steps=5,
+        prompt=prompt,
+        energy=table6,
+        num_candidates=3,
+    )
     a = edlm.sample(ToyDenoiser6(), generator=torch.Generator().manual_seed(9), **kw)
     b = edlm.sample(ToyDenoiser6(), generator=torch.Generator().manual_seed(9), **kw)
     assert torch.equal(a, b)
@@ -134,8 +176,15 @@ def table6(x0, xt, t, proposal_logp):
 
 def test_cache_skips_steps_that_reveal_nothing():
     den = ToyDenoiser()
-    x, stats = edlm.sample(den, batch_size=1, length=L, mask_id=MASK, steps=1000, return_stats=True,
-                           generator=torch.Generator().manual_seed(0))
+    x, stats = edlm.sample(
+        den,
+        batch_size=1,
+        length=L,
+        mask_id=MASK,
+        steps=1000,
+        return_stats=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert stats["network_calls"] == den.calls <= L + 1  # at most one call per revealed position
     assert torch.all(x != MASK)
 
@@ -154,10 +203,12 @@ def test_bad_arguments():
         edlm.sample(den, batch_size=1, length=L, mask_id=MASK, window=1.5)
     with pytest.raises(ValueError, match="sample: num_candidates must be >= 1, got 0"):
         edlm.sample(den, batch_size=1, length=L, mask_id=MASK, num_candidates=0)
-    with pytest.raises(ValueError, match="sample: is_temperature must be > 0"):
-        edlm.sample(den, batch_size=1, length=L, mask_id=MASK, is_temperature=0.0)
+    with pytest.raises(ValueError, match="sample: energy_temperature must be > 0"):
+        edlm.sample(den, batch_size=1, length=L, mask_id=MASK, energy_temperature=0.0)
     with pytest.raises(ValueError, match=r"sample: prompt must be int64 \[2, 4\]"):
-        edlm.sample(den, batch_size=2, length=L, mask_id=MASK, prompt=torch.zeros(2, 5, dtype=torch.long))
+        edlm.sample(
+            den, batch_size=2, length=L, mask_id=MASK, prompt=torch.zeros(2, 5, dtype=torch.long)
+        )
 
 
 # ---------------------------------------------------------------- the AR energy
@@ -178,7 +229,7 @@ def test_ar_energy_equals_its_definition():
 def test_carry_over_ar_target_is_the_ar_conditional_with_z_one():
     ar, den = ToyAR(), ToyDenoiser()
     p = torch.tensor([MASK, 1, MASK, MASK])
-    consistent = ((SEQS == p) | (p == MASK)).all(-1)
+    consistent = ((p == SEQS) | (p == MASK)).all(-1)
     mu = den.proposal(p)  # [81], zero off the consistent set
     logmu = torch.where(consistent, mu.log(), torch.zeros(()))
     xt = p.expand(81, L)
@@ -192,7 +243,16 @@ def test_carry_over_ar_target_is_the_ar_conditional_with_z_one():
     n = 5000
     dist = {}
     for k in (1, 512):
-        out = edlm.sample(den, batch_size=n, length=L, mask_id=MASK, steps=1, prompt=p.expand(n, L).clone(),
-                          energy=AREnergy(ar, MASK), num_candidates=k, generator=torch.Generator().manual_seed(2))
+        out = edlm.sample(
+            den,
+            batch_size=n,
+            length=L,
+            mask_id=MASK,
+            steps=1,
+            prompt=p.expand(n, L).clone(),
+            energy=AREnergy(ar, MASK),
+            num_candidates=k,
+            generator=torch.Generator().manual_seed(2),
+        )
         dist[k] = tv(empirical(out), ar_cond)
     assert dist[1] > 0.6 and dist[512] < 0.06, dist

@@ -4,7 +4,6 @@ torch integration and bad input."""
 
 import pytest
 import torch
-
 from devices import HAS_CUDA
 
 from edlm import ops, reference
@@ -31,7 +30,9 @@ def test_matches_reference(device, isa, dtype, weight_kind):
         weight = weight.to(device)
     out = ops.sequence_logprob(logits, tokens, weight)
     assert out.shape == (3,) and out.dtype == torch.float32
-    expect = reference.sequence_logprob(logits.cpu(), tokens.cpu(), None if weight is None else weight.cpu())
+    expect = reference.sequence_logprob(
+        logits.cpu(), tokens.cpu(), None if weight is None else weight.cpu()
+    )
     torch.testing.assert_close(out.cpu(), expect, rtol=1e-6, atol=1e-4)
 
 
@@ -81,7 +82,9 @@ def test_neg_inf_token_gives_neg_inf(device):
 def test_nan_propagates(device):
     logits = torch.randn(2, 3, 10)
     logits[1, 0, 9] = float("nan")
-    out = ops.sequence_logprob(logits.to(device), torch.zeros(2, 3, dtype=torch.long, device=device))
+    out = ops.sequence_logprob(
+        logits.to(device), torch.zeros(2, 3, dtype=torch.long, device=device)
+    )
     assert torch.isfinite(out[0]) and torch.isnan(out[1])
 
 
@@ -102,13 +105,17 @@ def test_rows_are_independent(device):
     logits, tokens = case(4, 20, 70, device)
     full = ops.sequence_logprob(logits, tokens)
     for n in range(4):
-        torch.testing.assert_close(ops.sequence_logprob(logits[n : n + 1], tokens[n : n + 1]), full[n : n + 1])
+        torch.testing.assert_close(
+            ops.sequence_logprob(logits[n : n + 1], tokens[n : n + 1]), full[n : n + 1]
+        )
 
 
 def test_non_contiguous(device):
     logits, tokens = case(3, 8, 40, device)
     lt = logits.transpose(0, 1).contiguous().transpose(0, 1)
-    torch.testing.assert_close(ops.sequence_logprob(lt, tokens.t().contiguous().t()), ops.sequence_logprob(logits, tokens))
+    torch.testing.assert_close(
+        ops.sequence_logprob(lt, tokens.t().contiguous().t()), ops.sequence_logprob(logits, tokens)
+    )
 
 
 def test_opcheck(device):
@@ -125,7 +132,9 @@ def test_torch_compile_fullgraph(device):
 
     logits, tokens = case(3, 9, 20, device)
     weight = torch.rand(3, 9, device=device) > 0.3
-    torch.testing.assert_close(energy(logits, tokens, weight), -ops.sequence_logprob(logits * 0.5, tokens, weight))
+    torch.testing.assert_close(
+        energy(logits, tokens, weight), -ops.sequence_logprob(logits * 0.5, tokens, weight)
+    )
 
 
 def bad(match, *args):
@@ -138,9 +147,23 @@ def test_bad_input(device):
     bad(r"sequence_logprob: logits must be 3-D \[N, L, V\]", logits[0], tokens)
     bad(r"sequence_logprob: tokens must be \[2, 3\]", logits, tokens[:, :2])
     bad(r"sequence_logprob: tokens must be int64, got Int", logits, tokens.int())
-    bad(r"sequence_logprob: logits must be float32, bfloat16 or float16, got Long", tokens[..., None].expand(2, 3, 5), tokens)
-    bad(r"sequence_logprob: weight must be \[2, 3\]", logits, tokens, torch.ones(3, 2, device=device))
-    bad(r"sequence_logprob: weight must be bool or floating point, got Long", logits, tokens, torch.ones(2, 3, dtype=torch.long, device=device))
+    bad(
+        r"sequence_logprob: logits must be float32, bfloat16 or float16, got Long",
+        tokens[..., None].expand(2, 3, 5),
+        tokens,
+    )
+    bad(
+        r"sequence_logprob: weight must be \[2, 3\]",
+        logits,
+        tokens,
+        torch.ones(3, 2, device=device),
+    )
+    bad(
+        r"sequence_logprob: weight must be bool or floating point, got Long",
+        logits,
+        tokens,
+        torch.ones(2, 3, dtype=torch.long, device=device),
+    )
     bad(r"sequence_logprob: V must be at least 1", logits[..., :0], tokens)
 
 

@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
+
 from edlm import checkpoint
+from edlm.checkpoint import bundled
 from edlm.cli import main
-from edlm.demo import bundled
 from edlm.models import AREnergy
 from edlm.sampling import sample
 from edlm.sweep import (
@@ -34,9 +35,14 @@ def models():
 
 def test_grid_runs_mdlm_once_per_step_count():
     cells = grid([Method("MDLM"), Method("E", energy=object())], [8, 16], [2, 4], [0.5, 1.0])
-    assert [(c[0].name, c[1], c[2], c[3]) for c in cells[:2]] == [("MDLM", 8, 1, 0.0), ("MDLM", 16, 1, 0.0)]
+    assert [(c[0].name, c[1], c[2], c[3]) for c in cells[:2]] == [
+        ("MDLM", 8, 1, 0.0),
+        ("MDLM", 16, 1, 0.0),
+    ]
     assert len(cells) == 2 + 2 * 2 * 2
-    assert {(c[1], c[2], c[3]) for c in cells[2:]} == {(n, k, w) for n in (8, 16) for k in (2, 4) for w in (0.5, 1.0)}
+    assert {(c[1], c[2], c[3]) for c in cells[2:]} == {
+        (n, k, w) for n in (8, 16) for k in (2, 4) for w in (0.5, 1.0)
+    }
 
 
 def test_run_sweep_measures_each_cell(models, tmp_path):
@@ -44,9 +50,18 @@ def test_run_sweep_measures_each_cell(models, tmp_path):
     samples = tmp_path / "s.jsonl"
     with open(samples, "w") as f:
         rows = run_sweep(
-            denoiser, [Method("MDLM"), Method("EDLM-AR", energy)], steps=[4, 8], ks=[1, 3],
-            windows=[0.5], num_samples=3, batch_size=2, length=32, decode=lambda r: "".join(map(str, r)),
-            seed=7, progress=False, samples_out=f,
+            denoiser,
+            [Method("MDLM"), Method("EDLM-AR", energy)],
+            steps=[4, 8],
+            ks=[1, 3],
+            windows=[0.5],
+            num_samples=3,
+            batch_size=2,
+            length=32,
+            decode=lambda r: "".join(map(str, r)),
+            seed=7,
+            progress=False,
+            samples_out=f,
         )
     assert len(rows) == 2 + 4 and all(set(FIELDS) <= set(r) for r in rows)
     by = {(r["method"], r["steps"], r["k"]): r for r in rows}
@@ -83,9 +98,24 @@ def test_run_sweep_bad_input(models):
 
 
 def _row(method, steps, ppl, seconds, k=1, window=0.0):
-    return {"method": method, "steps": steps, "k": k, "window": window, "num_samples": 4, "seed": 0,
-            "gen_ppl": ppl, "judge_bpc": math.nan, "entropy": 4.0, "distinct_2": 0.5, "distinct_3": 0.8, "denoiser_calls": steps,
-            "energy_calls": 0, "is_steps": 0, "mean_ess": math.nan, "seconds_per_sample": seconds}
+    return {
+        "method": method,
+        "steps": steps,
+        "k": k,
+        "window": window,
+        "num_samples": 4,
+        "seed": 0,
+        "gen_ppl": ppl,
+        "judge_bpc": math.nan,
+        "entropy": 4.0,
+        "distinct_2": 0.5,
+        "distinct_3": 0.8,
+        "denoiser_calls": steps,
+        "energy_calls": 0,
+        "is_steps": 0,
+        "mean_ess": math.nan,
+        "seconds_per_sample": seconds,
+    }
 
 
 def test_first_reach_interpolates_in_log_steps_and_seconds():
@@ -105,10 +135,14 @@ def test_first_reach_interpolates_in_log_steps_and_seconds():
 
 def test_speed_at_equal_quality_ratios():
     rows = [_row("MDLM", n, p, n / 100) for n, p in [(8, 100.0), (32, 60.0), (128, 40.0)]]
-    rows += [_row("EDLM", n, p, n / 50, k=4, window=1.0) for n, p in [(8, 80.0), (32, 50.0), (128, 35.0)]]
+    rows += [
+        _row("EDLM", n, p, n / 50, k=4, window=1.0) for n, p in [(8, 80.0), (32, 50.0), (128, 35.0)]
+    ]
     out = {r["curve"]: r for r in speed_at_equal_quality(rows, 50.0)}
     assert set(out) == {"MDLM", "EDLM k=4 w=1"}
-    assert out["MDLM"]["steps"] == pytest.approx(64.0) and out["MDLM"]["steps_ratio"] == pytest.approx(1.0)
+    assert out["MDLM"]["steps"] == pytest.approx(64.0) and out["MDLM"][
+        "steps_ratio"
+    ] == pytest.approx(1.0)
     e = out["EDLM k=4 w=1"]
     assert e["steps"] == pytest.approx(32.0) and e["steps_ratio"] == pytest.approx(2.0)
     # EDLM's steps cost twice the seconds here: equal speed in seconds
@@ -120,7 +154,10 @@ def test_csv_round_trip(tmp_path):
     rows = [_row("MDLM", 8, 12.5, 0.25), _row("EDLM-AR", 8, math.nan, 0.5, k=4, window=0.5)]
     write_csv(rows, tmp_path / "x.csv")
     back = read_csv(tmp_path / "x.csv")
-    same = {k: (v == rows[0][k]) or (math.isnan(v) and math.isnan(rows[0][k])) for k, v in back[0].items()}
+    same = {
+        k: (v == rows[0][k]) or (math.isnan(v) and math.isnan(rows[0][k]))
+        for k, v in back[0].items()
+    }
     assert set(back[0]) == set(rows[0]) and all(same.values()), same
     assert math.isnan(back[1]["gen_ppl"]) and back[1]["k"] == 4 and back[1]["window"] == 0.5
     assert list(series(back)) == ["MDLM", "EDLM-AR k=4 w=0.5"]
@@ -128,11 +165,29 @@ def test_csv_round_trip(tmp_path):
 
 def test_sweep_command_writes_csv_png_and_samples(tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = ["sweep", "--steps", "4,8", "--num", "2", "--k", "2", "--judge", "none", "--out", str(out), "--no-progress"]
+    argv = [
+        "sweep",
+        "--steps",
+        "4,8",
+        "--num",
+        "2",
+        "--k",
+        "2",
+        "--judge",
+        "none",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = read_csv(out / "sweep.csv")
     assert [(r["method"], r["steps"], r["k"]) for r in rows] == [
-        ("MDLM", 4, 1), ("MDLM", 8, 1), ("EDLM-AR", 4, 2), ("EDLM-AR", 8, 2), ("EDLM-NCE", 4, 2), ("EDLM-NCE", 8, 2)
+        ("MDLM", 4, 1),
+        ("MDLM", 8, 1),
+        ("EDLM-AR", 4, 2),
+        ("EDLM-AR", 8, 2),
+        ("EDLM-NCE", 4, 2),
+        ("EDLM-NCE", 8, 2),
     ]
     recs = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(recs) == 12 and all(len(r["text"]) == 256 for r in recs)
@@ -156,4 +211,16 @@ def test_sweep_command_writes_csv_png_and_samples(tmp_path, capsys):
 )
 def test_sweep_command_bad_input(argv, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
-        main(["sweep", "--judge", "none", "--out", str(tmp_path), "--no-progress", "--num", "1", *argv])
+        main(
+            [
+                "sweep",
+                "--judge",
+                "none",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--num",
+                "1",
+                *argv,
+            ]
+        )

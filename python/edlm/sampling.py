@@ -30,7 +30,17 @@ def _device_of(denoiser, prompt):
     return torch.device("cpu")
 
 
-def _check(batch_size, length, mask_id, steps, num_candidates, window, is_temperature, temperature, prompt):
+def _check(
+    batch_size,
+    length,
+    mask_id,
+    steps,
+    num_candidates,
+    window,
+    energy_temperature,
+    temperature,
+    prompt,
+):
     if batch_size < 1 or length < 1:
         raise ValueError(f"sample: batch_size and length must be >= 1, got {batch_size}, {length}")
     if steps < 1:
@@ -39,18 +49,19 @@ def _check(batch_size, length, mask_id, steps, num_candidates, window, is_temper
         raise ValueError(f"sample: num_candidates must be >= 1, got {num_candidates}")
     if not 0.0 <= window <= 1.0:
         raise ValueError(f"sample: window must be in [0, 1], got {window}")
-    if not is_temperature > 0:
-        raise ValueError(f"sample: is_temperature must be > 0, got {is_temperature}")
+    if not energy_temperature > 0:
+        raise ValueError(f"sample: energy_temperature must be > 0, got {energy_temperature}")
     if not temperature > 0:
         raise ValueError(f"sample: temperature must be > 0, got {temperature}")
     if mask_id < 0:
         raise ValueError(f"sample: mask_id must be >= 0, got {mask_id}")
-    if prompt is not None:
-        if prompt.dtype != torch.int64 or tuple(prompt.shape) != (batch_size, length):
-            raise ValueError(
-                f"sample: prompt must be int64 [{batch_size}, {length}] with mask_id where free, "
-                f"got {prompt.dtype} {list(prompt.shape)}"
-            )
+    if prompt is not None and (
+        prompt.dtype != torch.int64 or tuple(prompt.shape) != (batch_size, length)
+    ):
+        raise ValueError(
+            f"sample: prompt must be int64 [{batch_size}, {length}] with mask_id where free, "
+            f"got {prompt.dtype} {list(prompt.shape)}"
+        )
 
 
 @torch.no_grad()
@@ -64,7 +75,7 @@ def sample(
     energy=None,
     num_candidates: int = 1,
     window: float = 1.0,
-    is_temperature: float = 1.0,
+    energy_temperature: float = 1.0,
     temperature: float = 1.0,
     prompt: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -77,12 +88,22 @@ def sample(
     removal included). Otherwise, at the steps whose t > 1 - `window`, `num_candidates` = K
     complete candidates x0 are drawn per row from the denoiser in one `edlm.ops.masked_sample`
     call ([B, K, L] throughout), scored in one batched energy call over B*K rows, weighted by
-    log_w = -E / `is_temperature`, and one is kept per row with `edlm.ops.importance_resample`;
+    log_w = -E / `energy_temperature`, and one is kept per row with `edlm.ops.importance_resample`;
     the step then reveals positions from it. `prompt` tokens (positions != mask_id) are never
     changed and condition every step. stats: network calls, energy calls, IS steps, the ESS of
     each IS step ([IS steps, B]), the step times, and seconds.
     """
-    _check(batch_size, length, mask_id, steps, num_candidates, window, is_temperature, temperature, prompt)
+    _check(
+        batch_size,
+        length,
+        mask_id,
+        steps,
+        num_candidates,
+        window,
+        energy_temperature,
+        temperature,
+        prompt,
+    )
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _device_of(denoiser, prompt)
     B, L, K = batch_size, length, num_candidates
@@ -95,7 +116,9 @@ def sample(
     gen_device = generator.device if generator is not None else device
     tau = torch.rand(B, L, generator=generator, device=gen_device, dtype=torch.float64).to(device)
     grid = schedule.sampling_grid(steps)  # [steps + 1], float64 on the host
-    step_of = torch.bucketize(-tau, -grid.to(device), right=False) - 1  # step i: grid[i+1] <= tau < grid[i]
+    step_of = (
+        torch.bucketize(-tau, -grid.to(device), right=False) - 1
+    )  # step i: grid[i+1] <= tau < grid[i]
     step_of = torch.where(free, step_of, torch.full_like(step_of, -1))  # fixed tokens: never
     counts = torch.bincount(step_of[free], minlength=steps + 1)  # reveals per step; [steps] = never
     active_steps = (counts > 0).cpu().tolist()  # sync point: once per call, not per step
@@ -124,14 +147,18 @@ def sample(
                 proposal_logp.reshape(B * K),
             )  # [B*K]
             stats["energy_calls"] += 1
-            log_w = (-e.float() / is_temperature).reshape(B, K)
-            index, ess = ops.importance_resample(log_w, num_samples=1, generator=generator)  # [B, 1], [B]
+            log_w = (-e.float() / energy_temperature).reshape(B, K)
+            index, ess = ops.importance_resample(
+                log_w, num_samples=1, generator=generator
+            )  # [B, 1], [B]
             x0 = cand.gather(1, index[:, :, None].expand(B, 1, L))[:, 0]  # [B, L]
             stats["is_steps"] += 1
             stats["ess"].append(ess)
             stats["is_times"].append(t)
         else:
-            x0 = ops.masked_sample(logits, x, mask_id, temperature=temperature, generator=generator)[0][:, 0]
+            x0 = ops.masked_sample(
+                logits, x, mask_id, temperature=temperature, generator=generator
+            )[0][:, 0]
         x = torch.where(reveal, x0, x)
 
     if leftover:  # final noise removal: argmax of the denoiser at the end of the grid

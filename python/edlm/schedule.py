@@ -20,6 +20,19 @@ def mask_prob(t: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return (1.0 - eps) * t
 
 
+def forward_mask(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, mask_id: int, eps: float = EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward process q(xt | x0): position l is masked when noise[..., l] < mask_prob(t).
+
+    x0: int64 [B, L]; t: [B]; noise: uniforms [B, L] (drawn by the caller, so that training ranks
+    and evaluation control them). Returns (xt [B, L] with mask_id where masked, masked bool [B, L]).
+    The one copy of the forward process: training, NCE and the likelihood estimators all use it.
+    """
+    masked = noise < mask_prob(t, eps)[:, None]  # [B, L]
+    return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
+
+
 def sigma(t: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Total noise -log(alpha_t): what MDLM's denoiser is conditioned on when time-conditioned."""
     return -torch.log1p(-(1.0 - eps) * t)

@@ -1,8 +1,7 @@
-"""`edlm sweep`: sampling steps x methods (MDLM, EDLM-AR, EDLM-NCE; k and window as lists) ->
-a CSV, the samples as JSONL, and a PNG of generative perplexity against steps and against
-wall-clock seconds per sample, with unigram entropy (EDLM.md section 5).
-
-`edlm sweep --steps 8,16,32,64,128 --k 4 --window 1.0 --num 32 --out results/sweep`
+"""The sweep behind `edlm sweep` and `edlm demo`: sampling steps x methods (MDLM, EDLM with any
+energies; k and window as lists), each cell measured (generative perplexity and bits per character
+under a judge, unigram entropy, distinct-n, calls, ESS, seconds), as rows for a CSV and a PNG of
+quality against steps and against wall-clock seconds per sample (EDLM.md section 5).
 
 Every cell of the grid samples with the same seed (common random numbers across cells), times
 only the sampling (the first cell is preceded by an untimed warm-up call), and is scored by the
@@ -12,17 +11,35 @@ needs to reach a given generative perplexity, interpolated between grid points.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .judge import distinct_n, judge_scores, unigram_entropy
+from .sampling import sample
 
 FIELDS = [
-    "method", "steps", "k", "window", "num_samples", "seed", "gen_ppl", "judge_bpc", "entropy", "distinct_2",
-    "distinct_3", "denoiser_calls", "energy_calls", "is_steps", "mean_ess", "seconds_per_sample",
+    "method",
+    "steps",
+    "k",
+    "window",
+    "num_samples",
+    "seed",
+    "gen_ppl",
+    "judge_bpc",
+    "entropy",
+    "distinct_2",
+    "distinct_3",
+    "denoiser_calls",
+    "energy_calls",
+    "is_steps",
+    "mean_ess",
+    "seconds_per_sample",
 ]
 
 
@@ -34,17 +51,9 @@ class Method:
     energy: object = None
 
 
-def _list(text: str, kind, flag: str) -> list:
-    try:
-        values = [kind(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"edlm sweep: {flag} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
-    if not values:
-        raise SystemExit(f"edlm sweep: {flag} is empty")
-    return values
-
-
-def grid(methods: list[Method], steps: list[int], ks: list[int], windows: list[float]) -> list[tuple]:
+def grid(
+    methods: list[Method], steps: list[int], ks: list[int], windows: list[float]
+) -> list[tuple]:
     """The cells (method, steps, k, window): MDLM once per step count (k = 1, window = 0), each
     EDLM method at every (steps, k, window)."""
     cells = []
@@ -74,32 +83,48 @@ def run_sweep(
     device="cpu",
     progress: bool = True,
     samples_out=None,
+    prompt: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Samples every cell of the grid and measures it; returns one dict per cell (FIELDS).
+    """Samples every cell of the grid and measures it; returns one dict per cell (FIELDS, and
+    "texts": the decoded samples, or None without `decode`).
 
     decode: token ids -> text, for the judge and `samples_out` (a writable text file, JSONL).
-    judge: a `Judge` (or None: gen_ppl is NaN)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .evaluate import distinct_n, judge_scores, unigram_entropy
-    from .sampling import sample
-
+    judge: a `Judge` (or None: gen_ppl is NaN). prompt: int64 [length], mask_id where free: the
+    tokens every sample keeps."""
     if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"run_sweep: num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+        raise ValueError(
+            f"run_sweep: num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}"
+        )
     if any(n < 1 for n in steps) or any(k < 1 for k in ks) or any(not 0 <= w <= 1 for w in windows):
-        raise ValueError(f"run_sweep: steps and k must be >= 1 and windows in [0, 1], got {steps}, {ks}, {windows}")
+        raise ValueError(
+            f"run_sweep: steps and k must be >= 1 and windows in [0, 1], got {steps}, {ks}, {windows}"
+        )
     if judge is not None and decode is None:
         raise ValueError("run_sweep: a judge needs `decode` to turn samples into text")
     mask_id = denoiser.mask_id if mask_id is None else mask_id
     length = length or denoiser.cfg.length
     cells = grid(methods, steps, ks, windows)
 
+    if prompt is not None and tuple(prompt.shape) != (length,):
+        raise ValueError(
+            f"run_sweep: prompt must be [length] = [{length}], got {list(prompt.shape)}"
+        )
+
     def draw(method, n, k, w, rows, generator):
+        fixed = None if prompt is None else prompt.to(device).expand(rows, length).clone()
         return sample(
-            denoiser, batch_size=rows, length=length, mask_id=mask_id, steps=n,
-            energy=method.energy, num_candidates=k, window=w, generator=generator,
-            return_stats=True, device=device,
+            denoiser,
+            batch_size=rows,
+            length=length,
+            mask_id=mask_id,
+            steps=n,
+            energy=method.energy,
+            num_candidates=k,
+            window=w,
+            generator=generator,
+            return_stats=True,
+            device=device,
+            prompt=fixed,
         )
 
     draw(cells[0][0], 2, 1, 0.0, 1, torch.Generator(device=device).manual_seed(seed))  # warm-up
@@ -125,19 +150,35 @@ def run_sweep(
         texts = [decode(r) for r in ids] if decode is not None else None
         scores = judge_scores(texts, judge) if judge is not None else {}
         row = {
-            "method": method.name, "steps": n, "k": k, "window": w, "num_samples": num_samples,
-            "seed": seed, "gen_ppl": scores.get("perplexity", math.nan),
+            "method": method.name,
+            "steps": n,
+            "k": k,
+            "window": w,
+            "num_samples": num_samples,
+            "seed": seed,
+            "gen_ppl": scores.get("perplexity", math.nan),
             "judge_bpc": scores.get("bits_per_char", math.nan),
-            "entropy": unigram_entropy(ids), "distinct_2": distinct_n(ids, 2),
-            "distinct_3": distinct_n(ids, 3), "denoiser_calls": calls, "energy_calls": ecalls,
+            "entropy": unigram_entropy(ids),
+            "distinct_2": distinct_n(ids, 2),
+            "distinct_3": distinct_n(ids, 3),
+            "denoiser_calls": calls,
+            "energy_calls": ecalls,
             "is_steps": is_steps,
             "mean_ess": float(torch.cat(ess).mean()) if ess else math.nan,
             "seconds_per_sample": seconds / num_samples,
+            "texts": texts,
         }
         results.append(row)
         if samples_out is not None:
             for i, r in enumerate(ids):
-                rec = {"method": method.name, "steps": n, "k": k, "window": w, "seed": seed, "index": i}
+                rec = {
+                    "method": method.name,
+                    "steps": n,
+                    "k": k,
+                    "window": w,
+                    "seed": seed,
+                    "index": i,
+                }
                 if texts is not None:
                     rec["text"] = texts[i]
                 rec["tokens"] = r
@@ -150,7 +191,13 @@ def write_csv(rows: list[dict], path) -> None:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in FIELDS})
+            w.writerow(
+                {
+                    k: (f"{v:.6g}" if isinstance(v, float) else v)
+                    for k, v in r.items()
+                    if k in FIELDS
+                }
+            )
 
 
 def read_csv(path) -> list[dict]:
@@ -166,7 +213,11 @@ def series(rows: list[dict]) -> dict[str, list[dict]]:
     """Rows grouped into curves over steps: one per (method, k, window), sorted by steps."""
     out: dict[str, list[dict]] = {}
     for r in rows:
-        label = r["method"] if r["k"] == 1 and r["window"] == 0 else f"{r['method']} k={r['k']} w={r['window']:g}"
+        label = (
+            r["method"]
+            if r["k"] == 1 and r["window"] == 0
+            else f"{r['method']} k={r['k']} w={r['window']:g}"
+        )
         out.setdefault(label, []).append(r)
     return {k: sorted(v, key=lambda r: r["steps"]) for k, v in out.items()}
 
@@ -188,7 +239,11 @@ def first_reach(curve: list[dict], target: float, key: str = "gen_ppl") -> dict 
         if v <= target:
             if prev is None or prev[key] == v:
                 # at the curve's first point the need is at most this (the grid has nothing below)
-                return {"steps": float(r["steps"]), "seconds": r["seconds_per_sample"], "at_most": prev is None}
+                return {
+                    "steps": float(r["steps"]),
+                    "seconds": r["seconds_per_sample"],
+                    "at_most": prev is None,
+                }
             a = (prev[key] - target) / (prev[key] - v)  # in (0, 1]
             return {
                 "steps": _log_lerp(prev["steps"], r["steps"], a),
@@ -209,12 +264,22 @@ def speed_at_equal_quality(
     out = []
     for label, curve in curves.items():
         hit = first_reach(curve, target, key)
-        rec = {"curve": label, "target": target, "steps": None, "seconds": None,
-               "steps_ratio": None, "seconds_ratio": None, "at_most": False}
+        rec = {
+            "curve": label,
+            "target": target,
+            "steps": None,
+            "seconds": None,
+            "steps_ratio": None,
+            "seconds_ratio": None,
+            "at_most": False,
+        }
         if hit is not None:
             rec.update(steps=hit["steps"], seconds=hit["seconds"], at_most=hit["at_most"])
             if base is not None:
-                rec.update(steps_ratio=base["steps"] / hit["steps"], seconds_ratio=base["seconds"] / hit["seconds"])
+                rec.update(
+                    steps_ratio=base["steps"] / hit["steps"],
+                    seconds_ratio=base["seconds"] / hit["seconds"],
+                )
         out.append(rec)
     return out
 
@@ -223,9 +288,9 @@ def plot(rows: list[dict], path, title: str = "") -> None:
     """Generative perplexity against steps and against seconds per sample, and entropy against
     steps, one line per curve (a figure of entropy alone when the rows have no perplexity)."""
     try:
-        import matplotlib
+        import matplotlib  # optional dependency
     except ImportError:
-        raise ImportError("edlm sweep: the PNG plot needs matplotlib: pip install matplotlib") from None
+        raise ImportError("plot: the PNG needs matplotlib: pip install matplotlib") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -233,16 +298,25 @@ def plot(rows: list[dict], path, title: str = "") -> None:
     curves = series(rows)
     has_ppl = any(not math.isnan(r["gen_ppl"]) for r in rows)
     panels = (
-        [("steps", "gen_ppl"), ("seconds_per_sample", "gen_ppl"), ("steps", "judge_bpc"), ("steps", "entropy")]
+        [
+            ("steps", "gen_ppl"),
+            ("seconds_per_sample", "gen_ppl"),
+            ("steps", "judge_bpc"),
+            ("steps", "entropy"),
+        ]
         if has_ppl
         else [("steps", "entropy")]
     )
     cols = min(len(panels), 2)
     rows_n = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows_n, cols, figsize=(5.6 * cols, 4.2 * rows_n), squeeze=False)
-    names = {"steps": "sampling steps", "seconds_per_sample": "seconds per sample",
-             "gen_ppl": "generative perplexity (per judge token)",
-             "judge_bpc": "judge NLL, bits per character", "entropy": "unigram entropy (bits)"}
+    names = {
+        "steps": "sampling steps",
+        "seconds_per_sample": "seconds per sample",
+        "gen_ppl": "generative perplexity (per judge token)",
+        "judge_bpc": "judge NLL, bits per character",
+        "entropy": "unigram entropy (bits)",
+    }
     for ax, (x, y) in zip(axes.flat, panels):
         for label, curve in curves.items():
             ax.plot([r[x] for r in curve], [r[y] for r in curve], marker="o", label=label)
@@ -257,75 +331,3 @@ def plot(rows: list[dict], path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def cmd_sweep(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="edlm sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--denoiser", default=None, help="denoiser checkpoint (default: the bundled denoiser-tiny)")
-    p.add_argument("--ar", default=None, help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ... (default: ar: the bundled ar-tiny)")
-    p.add_argument("--nce", default=None, help="EDLM-NCE energy spec, nce:CKPT (default: the bundled energy-tiny)")
-    p.add_argument("--methods", default="mdlm,edlm-ar,edlm-nce", help="any of mdlm, edlm-ar, edlm-nce")
-    p.add_argument("--steps", default="8,16,32,64,128", help="comma-separated step counts")
-    p.add_argument("--k", default="4", help="comma-separated candidate counts (EDLM)")
-    p.add_argument("--window", default="1.0", help="comma-separated IS windows in [0, 1] (EDLM)")
-    p.add_argument("--num", type=int, default=16, help="samples per cell")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per sampler call")
-    p.add_argument("--judge", default="auto", help="auto (SmolLM2 if installed) | none | smollm2 | a local HF model or .gguf")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="sweep", help="output folder: sweep.csv, sweep.png, samples.jsonl")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-
-    steps = _list(args.steps, int, "--steps")
-    ks = _list(args.k, int, "--k")
-    windows = _list(args.window, float, "--window")
-    wanted = _list(args.methods, str, "--methods")
-    known = ("mdlm", "edlm-ar", "edlm-nce")
-    for m in wanted:
-        if m not in known:
-            raise SystemExit(f"edlm sweep: unknown method {m!r} in --methods; known: {', '.join(known)}")
-
-    from . import checkpoint
-    from .cli import tokenizer_of
-    from .demo import bundled
-    from .evaluate import JudgeNotInstalled, load_judge, resolve_judge
-    from .models.energy import load_energy
-
-    try:
-        denoiser, cfg = checkpoint.load_model(args.denoiser or bundled("denoiser-tiny"), args.device)
-        if cfg.model != "denoiser":
-            raise ValueError(f"--denoiser {args.denoiser}: the checkpoint holds a {cfg.model!r} model")
-        mask, vocab = denoiser.mask_id, cfg.model_config.vocab_size
-        specs = {"edlm-ar": args.ar or f"ar:{bundled('ar-tiny')}", "edlm-nce": args.nce or f"nce:{bundled('energy-tiny')}"}
-        labels = {"mdlm": "MDLM", "edlm-ar": "EDLM-AR", "edlm-nce": "EDLM-NCE"}
-        methods = [
-            Method(labels[m], None if m == "mdlm" else load_energy(specs[m], mask_id=mask, vocab_size=vocab, device=args.device))
-            for m in wanted
-        ]
-        tok = tokenizer_of(cfg)
-        judge_spec, judge_line = resolve_judge(args.judge)
-        judge = load_judge(judge_spec, device=args.device) if judge_spec else None
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"edlm sweep: {len(grid(methods, steps, ks, windows))} cells, {args.num} samples each; {judge_line}")
-        with open(out / "samples.jsonl", "w") as f:
-            rows = run_sweep(
-                denoiser, methods, steps=steps, ks=ks, windows=windows, num_samples=args.num,
-                batch_size=args.batch_size, decode=tok.decode, judge=judge, seed=args.seed,
-                device=args.device, progress=not args.no_progress, samples_out=f,
-            )
-    except (ValueError, FileNotFoundError, JudgeNotInstalled, ImportError, checkpoint.CheckpointError) as e:
-        raise SystemExit(f"edlm sweep: {e}") from None
-    write_csv(rows, out / "sweep.csv")
-    try:
-        plot(rows, out / "sweep.png", title=f"{cfg.preset} denoiser, {args.num} samples per point, seed {args.seed}")
-    except ImportError as e:
-        print(f"{e} (the CSV is written)")
-    print(f"{'curve':<28} {'steps':>5} {'gen ppl':>8} {'bits/ch':>7} {'entropy':>8} {'calls':>6} {'ESS':>5} {'s/sample':>9}")
-    for label, curve in series(rows).items():
-        for r in curve:
-            print(f"{label:<28} {r['steps']:5d} {r['gen_ppl']:8.2f} {r['judge_bpc']:7.3f} {r['entropy']:8.3f} "
-                  f"{r['denoiser_calls'] + r['energy_calls']:6d} {r['mean_ess']:5.2f} {r['seconds_per_sample']:9.4f}")
-    print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.png'}, {out / 'samples.jsonl'}")
-    return 0

@@ -5,6 +5,7 @@ local Hugging Face tokenizers; `load_tokenizer` picks one by name or path.
 
 from __future__ import annotations
 
+import base64
 import functools
 import lzma
 import os
@@ -118,8 +119,6 @@ def _gpt2_encoding():
     raw = lzma.decompress((resources.files("edlm") / "assets" / GPT2_RANKS).read_bytes())
     # Same format and parsing as tiktoken.load.load_tiktoken_bpe, which would also copy the file
     # into a cache folder; reading it here keeps loading free of side effects.
-    import base64
-
     ranks = {}
     for line in raw.splitlines():
         if line:

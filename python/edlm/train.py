@@ -10,6 +10,7 @@ continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -19,20 +20,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from . import checkpoint, schedule
-from .config import TrainConfig, dumps
+from .config import ConfigError, ModelConfig, TrainConfig, dumps, preset, resolve_device
+from .corpora import NAMED_DATASETS
 from .data import load_dataset
+from .models import EnergyModel, build
 
 
 def setup_distributed(device_pref: str):
     """(rank, world_size, device), initializing the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
-    if device_pref not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device_pref!r}")
-    if want_cuda and not torch.cuda.is_available():
-        raise RuntimeError("edlm train: device=cuda but CUDA is not available")
+    want_cuda = resolve_device(device_pref).type == "cuda"
     rank = 0
     if world > 1:
         if not dist.is_initialized():
@@ -52,11 +52,15 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr
     if cfg.lr_schedule == "cosine":
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (
+            1 + math.cos(math.pi * min(1.0, progress))
+        )
     raise ValueError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
 
 
-def step_noise(seed: int, step: int, global_batch: int, length: int, index: torch.Tensor, stream: int = 0):
+def step_noise(
+    seed: int, step: int, global_batch: int, length: int, index: torch.Tensor, stream: int = 0
+):
     """The random inputs of the examples at `index` (positions in the global batch) of `step`:
     antithetic times t [b] and masking uniforms [b, L], the same whatever the rank layout."""
     g = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4 + stream) % (1 << 63))
@@ -103,7 +107,7 @@ class EMA:
 
 
 @torch.no_grad()
-def evaluate(model, data, cfg: TrainConfig, device, batches: int) -> float:
+def validation_loss(model, data, cfg: TrainConfig, device, batches: int) -> float:
     """Mean loss (nats per token) over the first `batches` validation batches with fixed noise."""
     model.eval()
     total, count = 0.0, 0
@@ -112,7 +116,9 @@ def evaluate(model, data, cfg: TrainConfig, device, batches: int) -> float:
         x = next(it)
         index = torch.arange(x.shape[0])
         t, noise = step_noise(cfg.seed + 1, k, x.shape[0], x.shape[1], index, stream=1)
-        loss, _ = model.loss({"x": x.to(device), "t": t.to(device), "noise": noise.to(device), "seed": k})
+        loss, _ = model.loss(
+            {"x": x.to(device), "t": t.to(device), "noise": noise.to(device), "seed": k}
+        )
         total += loss.item() * x.shape[0]
         count += x.shape[0]
     model.train()
@@ -120,69 +126,141 @@ def evaluate(model, data, cfg: TrainConfig, device, batches: int) -> float:
 
 
 def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1):
-    """(train, valid) datasets: a named dataset's train and valid splits, or two paths."""
-    from .data import NAMED_DATASETS
-
+    """(train, valid) datasets: a named dataset's train and valid splits, or a path and
+    `valid_data`; a path given alone has its last `valid_fraction` of blocks held out (and said)."""
     named = cfg.data in NAMED_DATASETS
-    if not named and not cfg.valid_data:
-        raise ValueError(f"data {cfg.data!r} is not a named dataset: set valid_data to a validation file too")
     tok = None if named else cfg.tokenizer
-    block = cfg.block_size or None
-    train_data = load_dataset(cfg.data, "train" if named else None, tokenizer=tok, seed=cfg.seed,
-                              rank=rank, world_size=world, block_size=block)
-    if cfg.valid_data:
-        vtok = None if cfg.valid_data in NAMED_DATASETS else cfg.tokenizer
-        valid_data = load_dataset(cfg.valid_data, None, tokenizer=vtok, shuffle=False, block_size=block)
-    else:
-        valid_data = load_dataset(cfg.data, "valid", shuffle=False, block_size=block)
+    block = cfg.block_size or cfg.model_config.length or None
+    opts = dict(tokenizer=tok, seed=cfg.seed, rank=rank, world_size=world, block_size=block)
+    if named or cfg.valid_data:
+        train_data = load_dataset(cfg.data, "train" if named else None, **opts)
+        if cfg.valid_data:
+            vtok = None if cfg.valid_data in NAMED_DATASETS else cfg.tokenizer
+            valid_data = load_dataset(
+                cfg.valid_data, None, tokenizer=vtok, shuffle=False, block_size=block
+            )
+        else:
+            valid_data = load_dataset(cfg.data, "valid", shuffle=False, block_size=block)
+        return train_data, valid_data
+    whole = load_dataset(cfg.data, None, tokenizer=tok, shuffle=False, block_size=block)
+    n = whole.num_blocks
+    held = max(1, round(n * cfg.valid_fraction))
+    if n - held < 1:
+        raise ConfigError(
+            f"data {cfg.data!r} has {n} block(s): too few to hold one out for validation; set valid_data"
+        )
+    if rank == 0:
+        print(
+            f"train: no valid_data given: holding out the last {held} of {n} blocks of {cfg.data} "
+            f"(valid_fraction={cfg.valid_fraction:g}) for validation",
+            flush=True,
+        )
+    train_data = load_dataset(cfg.data, None, block_range=(0, n - held), **opts)
+    valid_data = load_dataset(
+        cfg.data, None, tokenizer=tok, shuffle=False, block_size=block, block_range=(n - held, n)
+    )
     return train_data, valid_data
 
 
-def build_model(cfg: TrainConfig):
-    from .models import EnergyModel, NCETrainer, build
+DATA_FIELDS = {"vocab_size": 0, "length": 0, "mask_id": -1, "tokenizer": ""}  # with their "unset"
+ARCH_FIELDS = (
+    "dim",
+    "n_heads",
+    "n_layers",
+    "cond_dim",
+    "mlp_ratio",
+    "dropout",
+    "time_conditioning",
+)
 
-    if cfg.model == "energy":
-        if not cfg.init_from:
-            raise ValueError("model=energy needs init_from: the checkpoint of a trained denoiser")
-        denoiser, dcfg = checkpoint.load_model(cfg.init_from)
-        if dcfg.model != "denoiser":
-            raise ValueError(f"init_from {cfg.init_from!r} holds a {dcfg.model!r} model, not a denoiser")
-        if dcfg.model_config.vocab_size != cfg.model_config.vocab_size:
-            raise ValueError(
-                f"init_from denoiser has vocab_size {dcfg.model_config.vocab_size}, the data "
-                f"{cfg.model_config.vocab_size}"
+
+def resolve_model_config(
+    cfg: TrainConfig, header: dict, length: int, init: ModelConfig | None
+) -> ModelConfig:
+    """The model config a run trains: the data's vocabulary, mask id, tokenizer and block length,
+    and the architecture of `cfg.model_config` (or of the `init_from` checkpoint's, which then
+    wins). A value set by hand that disagrees is a ConfigError naming both, never replaced."""
+    mc = cfg.model_config
+    data = {
+        "vocab_size": int(header["vocab_size"]),
+        "length": int(length),
+        "mask_id": int(header["mask_id"]),
+        "tokenizer": str(header["tokenizer"]),
+    }
+    for name, value in data.items():
+        mine = getattr(mc, name)
+        if mine != DATA_FIELDS[name] and mine != value:
+            raise ConfigError(
+                f"model.{name}={mine} conflicts with the data ({cfg.data}: {name} = {value}); the "
+                f"data decides it: leave model.{name} unset"
             )
-        cfg.model_config = dcfg.model_config
-        return NCETrainer(EnergyModel.from_denoiser(denoiser), denoiser, cfg.num_negatives)
+    if init is None:
+        return dataclasses.replace(mc, **data)
+    for name, value in data.items():
+        theirs = getattr(init, name)
+        if (name != "tokenizer" and theirs != value) or (
+            name == "tokenizer" and theirs and theirs != value
+        ):
+            raise ConfigError(
+                f"init_from {cfg.init_from} has {name} = {theirs}, the data ({cfg.data}) {value}: "
+                f"they must agree"
+            )
+    default = preset(cfg.preset)
+    for name in ARCH_FIELDS:
+        mine, theirs = getattr(mc, name), getattr(init, name)
+        if mine != getattr(default, name) and mine != theirs:
+            raise ConfigError(
+                f"model.{name}={mine} conflicts with init_from {cfg.init_from} ({name} = {theirs}); "
+                f"the checkpoint's architecture is the one its weights fit: leave model.{name} unset"
+            )
+    return dataclasses.replace(init, **data)
+
+
+def build_model(cfg: TrainConfig, init):
+    """The model to train, from `cfg.model_config` (resolved), started from `init` (the loaded
+    init_from model, or None): an energy copies and trains against its denoiser."""
+    if cfg.model == "energy":
+        return EnergyModel.from_denoiser(init, cfg.num_negatives)
     model = build(cfg.model, cfg.model_config)
-    if cfg.init_from:
-        state = checkpoint.load(cfg.init_from)
-        init = state["ema"] if state["ema"] is not None else state["model"]
-        model.load_state_dict(init)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     return model
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
+def train(
+    cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> dict:
     """Trains per `cfg`; returns the last metrics. `stop_after` ends the loop early after that many
     steps of this call (tests use it to simulate a kill)."""
+    cfg = dataclasses.replace(cfg, model_config=dataclasses.replace(cfg.model_config))
+    cfg.check()
     rank, world, device = setup_distributed(cfg.device)
     out = Path(cfg.out)
 
-    # Data: the model's vocabulary and length come from the prepared token file.
+    # Data; the model's vocabulary, mask id and length come from the prepared token file.
+    init = None
+    if cfg.init_from:
+        kind = "denoiser" if cfg.model == "energy" else cfg.model
+        init, _ = checkpoint.load_model(cfg.init_from, kind=kind)
+    if init is not None and not cfg.block_size and not cfg.model_config.length:
+        cfg.block_size = init.cfg.length
     train_data, valid_data = open_data(cfg, rank, world)
-    header = train_data.header
-    cfg.model_config.vocab_size = int(header["vocab_size"])
-    cfg.model_config.length = int(train_data.block_size)
+    cfg.model_config = resolve_model_config(
+        cfg, train_data.header, train_data.block_size, init.cfg if init is not None else None
+    )
+    cfg.model_config.check("model")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
     local_batch = cfg.batch_size // world
     micro = cfg.micro_batch_size or local_batch
     if local_batch % micro:
-        raise ValueError(f"per-rank batch {local_batch} is not divisible by micro_batch_size {micro}")
+        raise ValueError(
+            f"per-rank batch {local_batch} is not divisible by micro_batch_size {micro}"
+        )
     accum = local_batch // micro
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, init).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
     )
@@ -198,7 +276,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop
     runner = LossModule(model)
     runner = DistributedDataParallel(runner) if world > 1 else runner
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
     )
 
     log = None
@@ -208,8 +288,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop
         log = open(out / "metrics.jsonl", "a")
     bar = None
     if progress and rank == 0:
-        from tqdm import tqdm
-
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.model}", unit="step")
 
     batches = train_data.batches(local_batch, start=start)
@@ -227,10 +305,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop
         loss_sum, extra = 0.0, {}
         for m in range(accum):
             sl = slice(m * micro, (m + 1) * micro)
-            batch = {"x": x[sl].to(device), "t": t[sl].to(device), "noise": noise[sl].to(device),
-                     "seed": ((cfg.seed * 1_000_003 + step) * 4096 + rank * 64 + m) % (1 << 62)}
+            batch = {
+                "x": x[sl].to(device),
+                "t": t[sl].to(device),
+                "noise": noise[sl].to(device),
+                "seed": ((cfg.seed * 1_000_003 + step) * 4096 + rank * 64 + m) % (1 << 62),
+            }
             sync = m == accum - 1 or world == 1
-            with (contextlib.nullcontext() if sync else runner.no_sync()), autocast:
+            with contextlib.nullcontext() if sync else runner.no_sync(), autocast:
                 loss, extra = runner(batch)
             (loss / accum).backward()
             loss_sum += loss.item() / accum
@@ -250,13 +332,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop
         metrics.update({k: float(v) for k, v in extra.items()})
         if done % cfg.eval_every == 0 or done == cfg.steps:
             metrics.update(_validate(model, ema, valid_data, cfg, device))
-        if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps or "valid_loss" in metrics):
+        if rank == 0 and (
+            done % cfg.log_every == 0 or done == cfg.steps or "valid_loss" in metrics
+        ):
             metrics["tokens_per_s"] = tokens_seen / (time.perf_counter() - t0)
             log.write(json.dumps(metrics) + "\n")
             log.flush()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", **({"valid_bpt": f"{metrics['valid_bits_per_token']:.3f}"} if "valid_bits_per_token" in metrics else {}))
+            bar.set_postfix(
+                loss=f"{loss_sum:.3f}",
+                **(
+                    {"valid_bpt": f"{metrics['valid_bits_per_token']:.3f}"}
+                    if "valid_bits_per_token" in metrics
+                    else {}
+                ),
+            )
         if done % cfg.save_every == 0 or done == cfg.steps:
             _save(out, done, model, ema, optimizer, cfg, metrics, rank, world)
     if bar is not None:
@@ -267,14 +358,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop
 
 
 def _validate(model, ema, valid_data, cfg, device) -> dict:
-    loss = evaluate(model, valid_data, cfg, device, cfg.eval_batches)
+    loss = validation_loss(model, valid_data, cfg, device, cfg.eval_batches)
     likelihood = cfg.model != "energy"  # the NCE loss is no likelihood: no bits or perplexity
     out = {"valid_loss": loss}
     if likelihood:
-        out.update({"valid_bits_per_token": schedule.bits_per_token(loss), "valid_ppl": math.exp(min(loss, 50))})
+        out.update(
+            {
+                "valid_bits_per_token": schedule.bits_per_token(loss),
+                "valid_ppl": math.exp(min(loss, 50)),
+            }
+        )
     if ema is not None:
         with ema.applied(model):
-            e = evaluate(model, valid_data, cfg, device, cfg.eval_batches)
+            e = validation_loss(model, valid_data, cfg, device, cfg.eval_batches)
         out["valid_loss_ema"] = e
         if likelihood:
             out["valid_bits_per_token_ema"] = schedule.bits_per_token(e)
@@ -284,7 +380,10 @@ def _validate(model, ema, valid_data, cfg, device) -> dict:
 def _save(out, step, model, ema, optimizer, cfg, metrics, rank, world):
     if rank == 0:
         checkpoint.save(
-            out, step, model_state=model.state_dict(), cfg=cfg,
+            out,
+            step,
+            model_state=model.state_dict(),
+            cfg=cfg,
             ema_state=ema.shadow if ema is not None else None,
             train_state={"optimizer": optimizer.state_dict(), "step": step},
             metrics=metrics,

@@ -1,15 +1,18 @@
-"""Models: the masked-diffusion denoiser, the autoregressive model, and (EDLM) energies."""
+"""Models: the masked-diffusion denoiser, the autoregressive model, and (EDLM) energies.
+Models know nothing of files or the command line: `edlm.checkpoint` loads them."""
 
 from .ar import ARModel
 from .denoiser import Denoiser
-from .energy import AREnergy, EnergyModel, HFCausalLM, NCETrainer
+from .energy import AREnergy, EnergyModel, HFCausalLM
 
-__all__ = ["ARModel", "AREnergy", "Denoiser", "EnergyModel", "HFCausalLM", "NCETrainer", "build"]
+__all__ = ["KINDS", "AREnergy", "ARModel", "Denoiser", "EnergyModel", "HFCausalLM", "build"]
+
+KINDS = {"denoiser": Denoiser, "ar": ARModel, "energy": EnergyModel}
 
 
 def build(kind: str, cfg):
-    """The model of `kind` (denoiser | ar | energy) from a ModelConfig."""
-    kinds = {"denoiser": Denoiser, "ar": ARModel, "energy": EnergyModel}
-    if kind not in kinds:
-        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(sorted(kinds))}")
-    return kinds[kind](cfg)
+    """The model of `kind` (denoiser | ar | energy) from a ModelConfig (checked first)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    cfg.check()
+    return KINDS[kind](cfg)

@@ -59,7 +59,9 @@ class ARModel(nn.Module):
         tests at small scale)."""
         length = self.cfg.length if length is None else length
         if batch_size < 1 or length < 1:
-            raise ValueError(f"ARModel.generate: batch_size and length must be >= 1, got {batch_size}, {length}")
+            raise ValueError(
+                f"ARModel.generate: batch_size and length must be >= 1, got {batch_size}, {length}"
+            )
         if not temperature > 0:
             raise ValueError(f"ARModel.generate: temperature must be > 0, got {temperature}")
         device = device or next(self.parameters()).device

@@ -54,57 +54,10 @@ class Denoiser(nn.Module):
         """NELBO per token. batch: x [B, L] clean tokens, t [B] times, noise [B, L] uniforms
         (the training loop draws both, so data-parallel ranks reproduce one process exactly)."""
         x0, t, noise = batch["x"], batch["t"], batch["noise"]
-        masked = noise < schedule.mask_prob(t)[:, None]  # [B, L]
-        xt = torch.where(masked, torch.full_like(x0, self.mask_id), x0)
+        xt, masked = schedule.forward_mask(x0, t, noise, self.mask_id)  # [B, L] each
         logits = self.raw_logits(xt, t)
         logits[..., self.mask_id] = float("-inf")
         nll = F.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
         nelbo = (nll * masked).sum(-1) * schedule.loss_weight(t)  # [B] nats per sequence
         per_token = nelbo / x0.shape[1]
         return per_token.mean(), {"nelbo_per_token": per_token.detach().mean()}
-
-
-def from_mdlm(path, device="cpu") -> Denoiser:
-    """Loads the public MDLM checkpoint format (Hugging Face `kuleshov-group/mdlm-owt`: a folder
-    with config.json and model.safetensors or pytorch_model.bin, keys `backbone.<dit name>`) from
-    a local path into a Denoiser. Nothing is downloaded."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"MDLM checkpoint folder not found: {folder}")
-    hf = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    if (folder / "model.safetensors").is_file():
-        state = load_file(folder / "model.safetensors")
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{folder} holds neither model.safetensors nor pytorch_model.bin")
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
-    state.pop("rotary_emb.inv_freq", None)  # recomputed, never learned
-    emb = state.get("vocab_embed.embedding")
-    if emb is None:
-        raise ValueError(f"{folder} is not an MDLM DiT checkpoint: no vocab_embed.embedding")
-    n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    cfg = ModelConfig(
-        vocab_size=emb.shape[0],
-        length=int(hf.get("model_length", 1024)),
-        dim=emb.shape[1],
-        n_heads=int(hf.get("n_heads", 12)),
-        n_layers=n_layers,
-        cond_dim=state["sigma_map.mlp.2.weight"].shape[0],
-        mlp_ratio=state["blocks.0.mlp.0.weight"].shape[0] // emb.shape[1],
-        dropout=float(hf.get("dropout", 0.1)),
-        time_conditioning=bool(hf.get("time_conditioning", False)),
-    )
-    model = Denoiser(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{folder} does not match MDLM's DiT layout: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
-    return model.to(device).eval()

@@ -3,7 +3,7 @@
 - `AREnergy`: E = -log p_AR(x0) + log mu(x0 | xt) from any causal LM with the same tokenizer (ours
   or a Hugging Face model from a local path); no training.
 - `EnergyModel`: the learned NCE energy, a bidirectional transformer initialized from the
-  denoiser; `NCETrainer` trains it against the frozen denoiser's own samples.
+  denoiser; its `loss` is NCE against the frozen denoiser's own samples.
 
 Both follow the sampler's protocol: energy(x0 [N, L], xt [N, L], t [N], proposal_logp [N]) -> [N].
 """
@@ -11,7 +11,6 @@ Both follow the sampler's protocol: energy(x0 [N, L], xt [N, L], t [N], proposal
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,12 @@ class AREnergy:
     def __init__(self, ar, mask_id: int, *, carry_over: bool = True):
         self.ar, self.mask_id, self.carry_over = ar, mask_id, carry_over
 
+    @property
+    def self_normalized(self) -> bool:
+        """Z(xt) = 1 exactly: with carry-over the target is a normalized AR conditional (the
+        likelihood estimators then need no log Z draws)."""
+        return self.carry_over
+
     def log_p_ar(self, x0: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
         weight = (xt == self.mask_id) if self.carry_over else None
         return ops.sequence_logprob(self.ar(x0), x0, weight)
@@ -45,27 +50,12 @@ class AREnergy:
 
 class HFCausalLM(nn.Module):
     """A Hugging Face causal LM as `x [N, L] -> logits [N, L, V']`, scoring every position: the
-    sequence is read behind the model's BOS (or EOS) token. Loaded from a local folder only."""
+    sequence is read behind the model's BOS (or EOS) token (`checkpoint.load_hf_causal_lm` loads
+    one from a local folder)."""
 
     def __init__(self, model, bos_id: int):
         super().__init__()
         self.model, self.bos_id = model, bos_id
-
-    @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=None):
-        try:
-            from transformers import AutoModelForCausalLM
-        except ImportError:
-            raise ImportError("an hf: energy needs the `transformers` package: pip install transformers") from None
-        folder = Path(path).expanduser()
-        if not folder.exists():
-            raise FileNotFoundError(f"Hugging Face model folder not found: {folder}")
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
-        cfg = model.config
-        bos = cfg.bos_token_id if cfg.bos_token_id is not None else cfg.eos_token_id
-        if bos is None:
-            raise ValueError(f"{folder}: the model config has neither bos_token_id nor eos_token_id")
-        return cls(model.to(device).eval(), int(bos))
 
     def forward(self, x):
         start = torch.full((x.shape[0], 1), self.bos_id, dtype=x.dtype, device=x.device)
@@ -96,16 +86,18 @@ class EnergyModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, 1))
         nn.init.zeros_(self.head[2].weight)
         nn.init.zeros_(self.head[2].bias)
+        self._proposal, self.num_negatives = (), 1  # the NCE proposal: see set_proposal
 
     @classmethod
-    def from_denoiser(cls, denoiser) -> "EnergyModel":
-        """An energy whose embedding, noise embedding and blocks start as copies of the denoiser's."""
+    def from_denoiser(cls, denoiser, num_negatives: int = 1) -> EnergyModel:
+        """An energy whose embedding, noise embedding and blocks start as copies of the denoiser's,
+        trained by NCE against that denoiser (`set_proposal`)."""
         model = cls(copy.deepcopy(denoiser.cfg))
         model.vocab_embed.load_state_dict(denoiser.vocab_embed.state_dict())
         model.sigma_map.load_state_dict(denoiser.sigma_map.state_dict())
         model.blocks.load_state_dict(denoiser.blocks.state_dict())
         model.norm_final.load_state_dict(denoiser.output_layer.norm_final.state_dict())
-        return model
+        return model.set_proposal(denoiser, num_negatives)
 
     def forward(self, x0, xt, t, proposal_logp=None):
         N, L = x0.shape
@@ -118,51 +110,45 @@ class EnergyModel(nn.Module):
         pooled = self.norm_final(h).float().mean(1)  # [N, D]
         return self.head(pooled)[:, 0].float()
 
+    # --- NCE training (EDLM.md section 2) ---------------------------------------------------
 
-class NCETrainer(nn.Module):
-    """The NCE objective (EDLM.md section 2) around a trainable energy and a frozen denoiser.
+    def set_proposal(self, denoiser: nn.Module, num_negatives: int = 1) -> EnergyModel:
+        """Makes `loss` train this energy by NCE against `denoiser`'s own samples.
 
-    loss(batch): positives are real x0 with xt ~ q(xt | x0) at the batch's times; negatives are
-    `num_negatives` draws x0 ~ mu(. | xt) from the frozen denoiser, always in eval mode (no
-    dropout; EDLM.md trap 8). loss = softplus(E_pos) + mean softplus(-E_neg). Only the energy's
-    weights are in the state dict.
-    """
-
-    def __init__(self, energy: EnergyModel, denoiser: nn.Module, num_negatives: int = 1):
-        super().__init__()
-        self.energy = energy
-        self.denoiser = denoiser.eval()
-        for p in self.denoiser.parameters():
+        The denoiser is frozen, always in eval mode (no dropout; EDLM.md trap 8) and kept outside
+        this module's parameters and state dict (only the energy is trained and saved); `.to()`
+        moves it along."""
+        if num_negatives < 1:
+            raise ValueError(f"EnergyModel: num_negatives must be >= 1, got {num_negatives}")
+        for p in denoiser.parameters():
             p.requires_grad_(False)
+        self._proposal = (denoiser.eval(),)  # a tuple: not registered as a submodule
         self.num_negatives = num_negatives
-        self.cfg = energy.cfg
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.denoiser.eval()
         return self
 
-    def state_dict(self, *args, **kwargs):
-        return self.energy.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state, strict: bool = True):
-        return self.energy.load_state_dict(state, strict=strict)
-
-    def parameters(self, recurse: bool = True):
-        return self.energy.parameters(recurse)
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for denoiser in getattr(self, "_proposal", ()):
+            denoiser._apply(fn, *args, **kwargs)
+        return self
 
     def loss(self, batch: dict):
+        """NCE: positives are real x0 with xt ~ q(xt | x0) at the batch's times; negatives are
+        `num_negatives` draws x0 ~ mu(. | xt) from the frozen proposal denoiser.
+        loss = softplus(E_pos) + mean softplus(-E_neg)."""
+        if not getattr(self, "_proposal", ()):
+            raise RuntimeError("EnergyModel.loss: no proposal denoiser; call set_proposal first")
+        (denoiser,) = self._proposal
         x0, t, noise = batch["x"], batch["t"], batch["noise"]
         mask_id, n = self.cfg.mask_id, self.num_negatives
-        masked = noise < schedule.mask_prob(t)[:, None]
-        xt = torch.where(masked, torch.full_like(x0, mask_id), x0)  # [B, L]
+        xt, _ = schedule.forward_mask(x0, t, noise, mask_id)  # [B, L]
         g = torch.Generator(device=x0.device).manual_seed(int(batch.get("seed", 0)))
         with torch.no_grad():
-            logits = self.denoiser(xt, t)
+            logits = denoiser.eval()(xt, t)
             neg, _ = ops.masked_sample(logits, xt, mask_id, num_samples=n, generator=g)  # [B, n, L]
         B, L = x0.shape
-        e_pos = self.energy(x0, xt, t)  # [B]
-        e_neg = self.energy(
+        e_pos = self(x0, xt, t)  # [B]
+        e_neg = self(
             neg.reshape(B * n, L), xt.repeat_interleave(n, 0), t.repeat_interleave(n)
         ).view(B, n)
         loss = F.softplus(e_pos).mean() + F.softplus(-e_neg).mean()
@@ -172,30 +158,3 @@ class NCETrainer(nn.Module):
             "energy_gap": (e_neg.mean(1) - e_pos).mean().detach(),
             "energy_pos": e_pos.mean().detach(),
         }
-
-
-ENERGY_KINDS = ("ar", "ar-full", "nce", "hf", "hf-full")
-
-
-def load_energy(spec: str, *, mask_id: int, vocab_size: int, device="cpu"):
-    """An energy from a command-line spec: `ar:CKPT` / `ar-full:CKPT` (our AR model, carry-over or
-    whole sequence), `nce:CKPT` (a trained NCE energy), `hf:PATH` / `hf-full:PATH` (a local Hugging
-    Face causal LM with the same tokenizer)."""
-    from .. import checkpoint
-
-    kind, sep, path = spec.partition(":")
-    if not sep or kind not in ENERGY_KINDS or not path:
-        raise ValueError(f"--energy must be KIND:PATH with KIND in {', '.join(ENERGY_KINDS)}, got {spec!r}")
-    carry_over = not kind.endswith("-full")
-    if kind.startswith("hf"):
-        return AREnergy(HFCausalLM.from_pretrained(path, device), mask_id, carry_over=carry_over)
-    model, cfg = checkpoint.load_model(path, device)
-    expected = "ar" if kind.startswith("ar") else "energy"
-    if cfg.model != expected:
-        raise ValueError(f"--energy {spec}: the checkpoint holds a {cfg.model!r} model, not {expected!r}")
-    if cfg.model_config.vocab_size != vocab_size:
-        raise ValueError(
-            f"--energy {spec}: vocabulary {cfg.model_config.vocab_size} does not match the "
-            f"denoiser's {vocab_size}"
-        )
-    return AREnergy(model, mask_id, carry_over=carry_over) if expected == "ar" else model

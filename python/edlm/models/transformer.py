@@ -45,8 +45,15 @@ def modulate(x, shift, scale):
 class Block(nn.Module):
     """Pre-LN transformer block; with `cond_dim` it is a DiT block with adaLN-zero modulation."""
 
-    def __init__(self, dim: int, n_heads: int, cond_dim: int | None, mlp_ratio: int,
-                 dropout: float, causal: bool):
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        cond_dim: int | None,
+        mlp_ratio: int,
+        dropout: float,
+        causal: bool,
+    ):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
@@ -56,7 +63,9 @@ class Block(nn.Module):
         self.attn_out = nn.Linear(dim, dim, bias=False)
         self.norm2 = LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * dim, dim)
+            nn.Linear(dim, mlp_ratio * dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(mlp_ratio * dim, dim),
         )
         self.adaLN_modulation = None
         if cond_dim is not None:
@@ -71,7 +80,9 @@ class Block(nn.Module):
             h = modulate(self.norm1(x), shift1, scale1)
         else:
             h = self.norm1(x)
-        q, k, v = self.attn_qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.attn_qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, H, L, Dh]
         h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         h = self.attn_out(h.transpose(1, 2).reshape(B, L, D))
@@ -90,7 +101,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden: int, frequencies: int = 256):
         super().__init__()
         self.frequencies = frequencies
-        self.mlp = nn.Sequential(nn.Linear(frequencies, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequencies, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
+        )
 
     def forward(self, s):
         half = self.frequencies // 2

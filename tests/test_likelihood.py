@@ -1,29 +1,18 @@
-"""Tests of edlm.evaluate on an exact toy (V = 3 real tokens, L = 4: 81 sequences): the log Z
-estimators bracket the enumerated log Z and converge to it, the NELBO estimators match quadrature
-over t of the sum over mask patterns, the carry-over AR energy has Z = 1; then the generation
-metrics against hand computations and a tiny offline GPT-2 judge."""
+"""Tests of edlm.likelihood on an exact toy (V = 3 real tokens, L = 4: 81 sequences): the log Z
+estimators bracket the enumerated log Z and converge to it, the NELBO and the paper's estimate
+match quadrature over t of the sum over mask patterns, the carry-over AR energy has Z = 1."""
 
 import itertools
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from edlm import ops, schedule
-from edlm.evaluate import (
-    distinct_n,
-    edlm_nelbo,
-    evaluate_likelihood,
-    generative_perplexity,
-    load_judge,
-    log_z_estimates,
-    nelbo,
-    unigram_entropy,
-)
-from edlm.models import AREnergy
+from toy import ENERGY, MASK, SEQS, L, ToyAR, ToyDenoiser, V, seq_id  # noqa: F401
 
-from toy import ENERGY, L, MASK, SEQS, V, ToyAR, ToyDenoiser, seq_id  # noqa: F401
+from edlm import ops, schedule
+from edlm.likelihood import evaluate_likelihood, log_z_estimates, nelbo, paper_estimate
+from edlm.models import AREnergy
 
 
 def table_energy(x0, xt, t, proposal_logp):
@@ -177,12 +166,12 @@ def test_times_are_antithetic_within_a_sequence():
     assert t[:, 0].unique().numel() == 5  # each sequence has its own u
 
 
-def test_edlm_nelbo_matches_quadrature_with_exact_log_z():
+def test_paper_estimate_matches_quadrature_with_exact_log_z():
     # The 1/t weight makes single estimates noisy (sd ~ 8 nats), so this pins the assembly of
     # the terms (1/t, +E, +log Z), while the log Z test above pins the estimators' biases.
     seqs, copies = [[0, 1, 2, 0], [1, 0, 0, 2]], 1000
     den = ToyDenoiser()
-    out = edlm_nelbo(
+    out = paper_estimate(
         den,
         table_energy,
         replicate(seqs, copies),
@@ -191,13 +180,13 @@ def test_edlm_nelbo_matches_quadrature_with_exact_log_z():
         batch_size=8192,
         generator=torch.Generator().manual_seed(0),
     )
-    assert out["z_exact"] is False and torch.all(out["edlm_u"] >= out["edlm_t"] - 1e-9)
+    assert out["z_exact"] is False and torch.all(out["paper_u"] >= out["paper_t"] - 1e-9)
     for i, s in enumerate(seqs):
         x0 = torch.tensor(s)
         exact = exact_nelbo(den, x0, energy_table=True)
         # Teeth: MDLM, a missing log Z, or the energy's sign flipped are all far off.
         wrong = [exact_nelbo(den, x0), exact_without_log_z(den, x0), exact_flipped(den, x0)]
-        for key in ("edlm_t", "edlm_u"):
+        for key in ("paper_t", "paper_u"):
             mean, se = (v[i].item() for v in per_seq_stats(out[key], copies))
             assert abs(mean - exact) < 4 * se, (s, key, mean, exact, se)
             assert all(abs(w - exact) > 4 * se for w in wrong), (s, key, wrong, exact, se)
@@ -221,10 +210,10 @@ def exact_flipped(den, x0):
         ENERGY = -ENERGY
 
 
-def test_edlm_nelbo_with_carry_over_ar_energy_is_the_ar_nll():
+def test_paper_estimate_with_carry_over_ar_energy_is_the_ar_nll():
     seqs, copies = [[0, 1, 2, 0], [1, 1, 0, 2]], 1500
     ar = ToyAR()
-    out = edlm_nelbo(
+    out = paper_estimate(
         ToyDenoiser(),
         AREnergy(ar, MASK),
         replicate(seqs, copies),
@@ -232,8 +221,8 @@ def test_edlm_nelbo_with_carry_over_ar_energy_is_the_ar_nll():
         num_is=2,
         generator=torch.Generator().manual_seed(3),
     )
-    assert out["z_exact"] is True and torch.equal(out["edlm_t"], out["edlm_u"])
-    mean, se = per_seq_stats(out["edlm_t"], copies)
+    assert out["z_exact"] is True and torch.equal(out["paper_t"], out["paper_u"])
+    mean, se = per_seq_stats(out["paper_t"], copies)
     want = (1 - schedule.EPS) * ar.nll(torch.tensor(seqs))  # the integrand's mean is t-free
     assert torch.all((mean - want).abs() < 4 * se), (mean, want, se)
 
@@ -245,7 +234,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="int64"):
         nelbo(den, torch.zeros(2, L, dtype=torch.int32))
     with pytest.raises(ValueError, match="num_is must be >= 2"):
-        edlm_nelbo(den, table_energy, torch.zeros(2, L, dtype=torch.long), num_is=1)
+        paper_estimate(den, table_energy, torch.zeros(2, L, dtype=torch.long), num_is=1)
 
 
 # ---------------------------------------------------------------- evaluate_likelihood
@@ -264,12 +253,12 @@ def test_evaluate_likelihood_on_a_toy_tensor_dataset():
         generator=torch.Generator().manual_seed(0),
     )
     assert res["num_sequences"] == 30 and res["length"] == L and res["num_is"] == 4
-    for name in ("nelbo", "edlm_t", "edlm_u"):
+    for name in ("nelbo", "paper_t", "paper_u"):
         m = res[f"{name}_per_token"]
         assert res[f"{name}_perplexity"] == pytest.approx(math.exp(m))
         assert res[f"{name}_bits_per_token"] == pytest.approx(m / math.log(2))
         assert 0 < res[f"{name}_se"] < m
-    assert res["edlm_t_per_token"] < res["edlm_u_per_token"]
+    assert res["paper_t_per_token"] < res["paper_u_per_token"]
     ar = evaluate_likelihood(
         ToyDenoiser(),
         data,
@@ -279,15 +268,16 @@ def test_evaluate_likelihood_on_a_toy_tensor_dataset():
         energy=AREnergy(ToyAR(), MASK),
         generator=torch.Generator().manual_seed(0),
     )
-    assert ar["log_z"].startswith("exact") and ar["edlm_t_per_token"] == ar["edlm_u_per_token"]
+    assert ar["log_z"].startswith("exact") and ar["paper_t_per_token"] == ar["paper_u_per_token"]
     with pytest.raises(ValueError, match="asked for 99 sequences"):
         evaluate_likelihood(ToyDenoiser(), data, num_sequences=99)
 
 
 def test_evaluate_likelihood_with_real_models_and_a_packed_dataset(tmp_path):
     from edlm.config import ModelConfig
-    from edlm.data import PackedDataset, prepare
+    from edlm.data import PackedDataset
     from edlm.models import Denoiser, EnergyModel
+    from edlm.prepare import prepare
 
     text = tmp_path / "t.txt"
     text.write_text("it is a truth universally acknowledged that a single man in possession " * 6)
@@ -312,153 +302,6 @@ def test_evaluate_likelihood_with_real_models_and_a_packed_dataset(tmp_path):
         generator=torch.Generator().manual_seed(0),
     )
     assert res["length"] == 16 and res["num_sequences"] == 6
-    assert res["edlm_t_per_token"] == pytest.approx(res["nelbo_per_token"], rel=1e-6)
-    assert res["edlm_u_per_token"] == pytest.approx(res["nelbo_per_token"], rel=1e-6)
+    assert res["paper_t_per_token"] == pytest.approx(res["nelbo_per_token"], rel=1e-6)
+    assert res["paper_u_per_token"] == pytest.approx(res["nelbo_per_token"], rel=1e-6)
     assert 1.0 < res["nelbo_perplexity"] < 500
-
-
-# ---------------------------------------------------------------- generation metrics
-
-
-def test_unigram_entropy_by_hand():
-    assert unigram_entropy(torch.tensor([[0, 0, 1, 1]])) == pytest.approx(1.0)
-    assert unigram_entropy([[0, 1, 2, 3]]) == pytest.approx(2.0)
-    assert unigram_entropy([[5, 5, 5, 5], [0, 1, 2, 3]]) == pytest.approx(
-        1.0
-    )  # per sample, averaged
-    p = torch.tensor([0.5, 0.25, 0.25])
-    assert unigram_entropy([[7, 7, 3, 9]]) == pytest.approx(-(p * p.log2()).sum().item())
-
-
-def test_distinct_n_by_hand():
-    assert distinct_n([[1, 2, 1, 2]], 1) == pytest.approx(2 / 4)
-    assert distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
-    assert distinct_n(torch.tensor([[1, 2, 3], [1, 2, 4]]), 2) == pytest.approx(3 / 4)  # pooled
-    assert distinct_n([[1, 2, 3], [3, 1]], 3) == 1.0  # n-grams do not cross samples
-    with pytest.raises(ValueError, match="no sample"):
-        distinct_n([[1, 2]], 3)
-
-
-WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
-
-
-@pytest.fixture(scope="module")
-def tiny_judge(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
-    folder = tmp_path_factory.mktemp("judge")
-    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", *WORDS])}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
-    )
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
-        n_layer=1,
-        n_embd=32,
-        n_head=2,
-        vocab_size=len(vocab),
-        n_positions=8,
-        bos_token_id=2,
-        eos_token_id=2,
-    )
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(folder)
-    return folder
-
-
-def test_generative_perplexity_pools_the_nll_over_tokens(tiny_judge):
-    g = torch.Generator().manual_seed(0)
-    texts = [
-        " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g))
-        for n in (3, 7, 8, 20, 1)
-    ]
-    judge = load_judge(tiny_judge)
-    assert judge.context == 8
-    got = generative_perplexity(texts, judge, batch_size=2)
-    assert generative_perplexity(texts, str(tiny_judge), batch_size=3) == pytest.approx(
-        got, rel=1e-5
-    )
-    # By hand: each text alone, windows of <= 8 tokens starting every 7 (so every token after the
-    # first is scored once), the NLL summed over tokens of all texts, then exp of the mean.
-    total, count = 0.0, 0
-    for text in texts:
-        ids = judge.tokenizer(text)["input_ids"]
-        assert len(ids) == len(text.split())
-        for start in range(0, len(ids) - 1, 7):
-            w = torch.tensor([ids[start : start + 8]])
-            with torch.no_grad():
-                logp = judge.model(input_ids=w).logits[0].double().log_softmax(-1)
-            total -= logp[:-1].gather(-1, w[0, 1:, None]).sum().item()
-            count += w.shape[1] - 1
-    assert count == sum(len(t.split()) - 1 for t in texts)
-    assert got == pytest.approx(math.exp(total / count), rel=1e-5)
-    # A short text scored without windows equals the plain mean NLL of its tokens after the first.
-    ids = torch.tensor([judge.tokenizer(texts[1])["input_ids"]])
-    with torch.no_grad():
-        nll = torch.nn.functional.cross_entropy(
-            judge.model(input_ids=ids).logits[0, :-1], ids[0, 1:]
-        )
-    assert generative_perplexity(texts[1:2], judge) == pytest.approx(math.exp(nll.item()), rel=1e-5)
-
-
-def test_judge_is_never_downloaded_and_short_texts_are_errors(tmp_path, tiny_judge):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        load_judge(tmp_path / "no-such-model")
-    with pytest.raises(ValueError, match="two or more"):
-        generative_perplexity(["the", ""], load_judge(tiny_judge))
-
-
-# ---------------------------------------------------------------- the command line
-
-
-def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
-    from edlm import checkpoint
-    from edlm.config import ModelConfig, TrainConfig
-    from edlm.eval_cli import cmd_eval
-    from edlm.models import ARModel, Denoiser, EnergyModel
-
-    monkeypatch.setenv("EDLM_CACHE", str(tmp_path / "cache"))
-    text = tmp_path / "t.txt"
-    text.write_text("it is a truth universally acknowledged that a single man in possession " * 6)
-    mc = ModelConfig(vocab_size=28, length=16, dim=32, n_heads=2, n_layers=1, cond_dim=16)
-    torch.manual_seed(0)
-    den = Denoiser(mc)
-    models = {"denoiser": den, "ar": ARModel(mc), "energy": EnergyModel.from_denoiser(den)}
-    for kind, model in models.items():
-        checkpoint.save(
-            tmp_path / kind,
-            1,
-            model_state=model.state_dict(),
-            cfg=TrainConfig(model=kind, model_config=mc, tokenizer="char"),
-        )
-    common = [
-        "--denoiser",
-        str(tmp_path / "denoiser"),
-        "--data",
-        str(text),
-        "--num-sequences",
-        "4",
-        "--num-t",
-        "2",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-    ]
-    assert cmd_eval(common + ["--energy", f"ar:{tmp_path / 'ar'}"]) == 0
-    out = capsys.readouterr().out
-    assert "MDLM (NELBO)" in out and "EDLM (Z = 1 exact)" in out
-    assert (
-        cmd_eval(common + ["--energy", f"nce:{tmp_path / 'energy'}", "--num-is", "3", "--json"])
-        == 0
-    )
-    res = json.loads(capsys.readouterr().out)
-    assert res["num_is"] == 3 and res["edlm_u_per_token"] == pytest.approx(
-        res["nelbo_per_token"], rel=1e-6
-    )
-    with pytest.raises(SystemExit, match="not 'energy'"):
-        cmd_eval(common + ["--energy", f"nce:{tmp_path / 'ar'}"])
-    with pytest.raises(SystemExit, match="KIND:PATH"):
-        cmd_eval(common + ["--energy", "foo"])
