@@ -13,7 +13,7 @@ LAYERS = [
     {"ops", "reference", "schedule", "config", "tokenizer", "_C"},
     {"models", "prepare", "corpora", "data"},
     {"checkpoint"},
-    {"sampling", "likelihood", "judge", "train"},
+    {"sampling", "likelihood", "bound", "judge", "train"},
     {"sweep"},
     {"cli"},
 ]

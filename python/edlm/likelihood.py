@@ -11,7 +11,7 @@ import torch
 
 from . import ops, schedule
 
-__all__ = ["evaluate_likelihood", "log_z_estimates", "nelbo", "paper_estimate"]
+__all__ = ["check_eval", "evaluate_likelihood", "log_z_estimates", "nelbo", "paper_estimate", "summarize"]
 
 
 # --- log Z ------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def _z_is_one(energy) -> bool:
 # --- the estimators ---------------------------------------------------------------------------
 
 
-def _check_eval(model, what: str) -> None:
+def check_eval(model, what: str) -> None:
     for m in (model, getattr(model, "ar", None)):
         if isinstance(m, torch.nn.Module) and m.training:
             raise ValueError(
@@ -95,9 +95,9 @@ def _terms(denoiser, x, num_t, energy, num_is, batch_size, generator) -> dict:
     mask_id = denoiser.mask_id
     if bool((x == mask_id).any()):  # sync point (evaluation only)
         raise ValueError(f"nelbo: the data contains the mask id {mask_id}")
-    _check_eval(denoiser, "denoiser")
+    check_eval(denoiser, "denoiser")
     if energy is not None:
-        _check_eval(energy, "energy")
+        check_eval(energy, "energy")
     B, L = x.shape
     x0, xt, t, masked = _rows(denoiser, x, num_t, generator)
     R = x0.shape[0]
@@ -201,7 +201,7 @@ def paper_estimate(
     return _terms(denoiser, x, num_t, energy, num_is, batch_size, generator)
 
 
-def _summary(per_seq: torch.Tensor, L: int, prefix: str) -> dict:
+def summarize(per_seq: torch.Tensor, L: int, prefix: str) -> dict:
     per_token = per_seq.double() / L
     mean = per_token.mean().item()
     se = (
@@ -274,10 +274,10 @@ def evaluate_likelihood(
             parts.setdefault(k, []).append(v.cpu())
     L = x.shape[1]
     result = {"num_sequences": total, "length": L, "num_t": num_t}
-    result.update(_summary(torch.cat(parts["mdlm"]), L, "nelbo"))
+    result.update(summarize(torch.cat(parts["mdlm"]), L, "nelbo"))
     if energy is not None:
-        result.update(_summary(torch.cat(parts["paper_t"]), L, "paper_t"))
-        result.update(_summary(torch.cat(parts["paper_u"]), L, "paper_u"))
+        result.update(summarize(torch.cat(parts["paper_t"]), L, "paper_t"))
+        result.update(summarize(torch.cat(parts["paper_u"]), L, "paper_u"))
         result["num_is"] = 0 if z_exact else num_is
         result["log_z"] = (
             "exact: carry-over AR energy, Z = 1"

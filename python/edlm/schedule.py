@@ -60,5 +60,14 @@ def sampling_grid(steps: int, t_end: float = 1e-5) -> torch.Tensor:
     return torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64)
 
 
+def reveal_steps(tau: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The step that reveals each position: i where grid[i+1] <= tau < grid[i], and len(grid) - 1
+    (= steps, the final noise removal) where tau < grid[-1]. tau: float64 [B, L] reveal times,
+    uniform on (0, 1); grid: `sampling_grid(steps)` on tau's device. Returns int64 [B, L]. With
+    tau ~ U(0, 1) step i reveals a still-masked position with the reverse step's probability
+    (t_i - t_{i+1}) / t_i, as MDLM's ancestral sampler does."""
+    return torch.bucketize(-tau, -grid, right=False) - 1
+
+
 def bits_per_token(nll_nats_per_token: float) -> float:
     return nll_nats_per_token / math.log(2.0)
