@@ -41,8 +41,7 @@ cpu::LogitsType logits_type(const char* op, const at::Tensor& logits) {
 }
 
 void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t mask_id,
-                         int64_t num_samples, double temperature, double reveal_prob,
-                         const std::optional<at::Tensor>& reveal_prob_rows) {
+                         int64_t num_samples, double temperature) {
   constexpr const char* op = "masked_sample";
   TORCH_CHECK(logits.dim() == 3, op, ": logits must be 3-D [B, L, V], got ", logits.sizes());
   logits_type(op, logits);
@@ -57,17 +56,6 @@ void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t
               ", num_samples = ", num_samples);
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0.0, op,
               ": temperature must be finite and > 0, got ", temperature);
-  TORCH_CHECK(reveal_prob >= 0.0 && reveal_prob <= 1.0, op,
-              ": reveal_prob must be in [0, 1], got ", reveal_prob);
-  if (reveal_prob_rows.has_value()) {
-    const at::Tensor& r = *reveal_prob_rows;
-    TORCH_CHECK(r.scalar_type() == at::kFloat, op, ": a reveal_prob tensor must be float32, got ",
-                r.scalar_type());
-    TORCH_CHECK(r.dim() == 1 && r.size(0) == B, op, ": a reveal_prob tensor must be [B] = [", B,
-                "], got ", r.sizes());
-    TORCH_CHECK(r.device() == logits.device(), op, ": reveal_prob is on ", r.device(),
-                " but logits are on ", logits.device());
-  }
 }
 
 void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,

@@ -49,9 +49,10 @@ EDLM_HOST_DEVICE double uniform53(uint32_t hi, uint32_t lo) {
   return static_cast<double>(bits) * (1.0 / 9007199254740992.0);
 }
 
-// Philox streams: the fourth counter word says what a draw is for.
+// Philox streams: the fourth counter word says what a draw is for. Stream 0 was masked_sample's
+// reveal draw (reveal_prob, since removed); it stays unused so that the token and resample draws
+// keep their counters, and with them their outputs for a given seed.
 enum Stream : uint32_t {
-  kRevealStream = 0,    // masked_sample: is this masked position revealed?
   kTokenStream = 1,     // masked_sample: which token (two uniforms: block, then within block)
   kResampleStream = 2,  // importance_resample: which candidate
 };

@@ -12,8 +12,7 @@
 TORCH_LIBRARY(edlm, m) {
   m.def(
       "masked_sample(Tensor logits, Tensor xt, int mask_id, *, int num_samples=1, "
-      "float temperature=1.0, float reveal_prob=1.0, Tensor? reveal_prob_rows=None, "
-      "Generator? generator=None) -> (Tensor tokens, Tensor logp)",
+      "float temperature=1.0, Generator? generator=None) -> (Tensor tokens, Tensor logp)",
       {at::Tag::nondeterministic_seeded});
   m.def("sequence_logprob(Tensor logits, Tensor tokens, Tensor? weight=None) -> Tensor");
   m.def(

@@ -33,10 +33,7 @@ struct MaskedSampleParams {
   const int64_t* block_end;      //   vocabulary without the mask column
   int64_t num_blocks;
   int64_t max_block;             // longest block
-  int64_t mask_id;
   float inv_temperature;
-  double reveal_prob;            // used when reveal_prob_rows is null
-  const float* reveal_prob_rows; // [B] or null
   uint64_t key;
   int64_t* tokens;  // [B, K, L]
   float* logp;      // [B, K, L]
