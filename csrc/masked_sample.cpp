@@ -17,9 +17,10 @@ namespace {
 // short enough that a draw's rescan of one block stays cheap and in L1.
 constexpr int64_t kSampleBlock = 512;
 
-std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(
-    const at::Tensor& logits_in, const at::Tensor& xt_in, int64_t mask_id, int64_t num_samples,
-    double temperature, std::optional<at::Generator> generator) {
+std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(const at::Tensor& logits_in,
+                                                     const at::Tensor& xt_in, int64_t mask_id,
+                                                     int64_t num_samples, double temperature,
+                                                     std::optional<at::Generator> generator) {
   constexpr const char* op = "masked_sample";
   check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
   TORCH_CHECK(logits_in.device().is_cpu(), op, ": expected CPU tensors, got ", logits_in.device());

@@ -207,9 +207,10 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(
-    const at::Tensor& logits_in, const at::Tensor& xt_in, int64_t mask_id, int64_t num_samples,
-    double temperature, std::optional<at::Generator> generator) {
+std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(const at::Tensor& logits_in,
+                                                      const at::Tensor& xt_in, int64_t mask_id,
+                                                      int64_t num_samples, double temperature,
+                                                      std::optional<at::Generator> generator) {
   constexpr const char* op = "masked_sample";
   check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
   TORCH_CHECK(logits_in.is_cuda(), op, ": expected CUDA tensors, got ", logits_in.device());

@@ -86,8 +86,8 @@ void masked_sample_impl(const T* logits, const MaskedSampleParams& p) {
         const int64_t token = lo + pick;
         const double x = static_cast<float>(row[token]);
         p.tokens[(b * K + k) * L + l] = token;
-        p.logp[(b * K + k) * L + l] = static_cast<float>(
-            (x - row_max) * static_cast<double>(p.inv_temperature) - log_total);
+        p.logp[(b * K + k) * L + l] =
+            static_cast<float>((x - row_max) * static_cast<double>(p.inv_temperature) - log_total);
       }
     }
   });
