@@ -229,8 +229,8 @@ def main():
         f"\n## GPU: {card} ({when}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
         f"edlm {edlm.__version__})\n\n"
         "Fused CUDA ops against the eager PyTorch composite they replace and against "
-        "torch.compile of the fp64 reference in edlm.reference; all positions masked, "
-        "reveal_prob = 1. Produced by benchmarks/gpu_bench.py.\n\n"
+        "torch.compile of the fp64 reference in edlm.reference; all positions masked. "
+        "Produced by benchmarks/gpu_bench.py.\n\n"
         f"{table}\n\n{summary}\n"
     )
     with out.open("a") as f:

@@ -19,9 +19,9 @@ void check_index_tensor(const char* op, const char* name, const at::Tensor& t,
               t.scalar_type());
   TORCH_CHECK(t.device() == logits.device(), op, ": ", name, " is on ", t.device(),
               " but logits are on ", logits.device());
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == logits.size(0) && t.size(1) == logits.size(1), op,
-              ": ", name, " must be [", logits.size(0), ", ", logits.size(1),
-              "] to match logits ", logits.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == logits.size(0) && t.size(1) == logits.size(1), op, ": ",
+              name, " must be [", logits.size(0), ", ", logits.size(1), "] to match logits ",
+              logits.sizes(), ", got ", t.sizes());
 }
 
 }  // namespace
@@ -41,33 +41,21 @@ cpu::LogitsType logits_type(const char* op, const at::Tensor& logits) {
 }
 
 void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t mask_id,
-                         int64_t num_samples, double temperature, double reveal_prob,
-                         const std::optional<at::Tensor>& reveal_prob_rows) {
+                         int64_t num_samples, double temperature) {
   constexpr const char* op = "masked_sample";
   TORCH_CHECK(logits.dim() == 3, op, ": logits must be 3-D [B, L, V], got ", logits.sizes());
   logits_type(op, logits);
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
   TORCH_CHECK(V >= 2, op, ": V must be at least 2 (one real token and the mask), got ", V);
   check_index_tensor(op, "xt", xt, logits);
-  TORCH_CHECK(mask_id >= 0 && mask_id < V, op, ": mask_id = ", mask_id, " is outside [0, V) with V = ",
-              V);
+  TORCH_CHECK(mask_id >= 0 && mask_id < V, op, ": mask_id = ", mask_id,
+              " is outside [0, V) with V = ", V);
   TORCH_CHECK(num_samples >= 1, op, ": num_samples must be >= 1, got ", num_samples);
   TORCH_CHECK(B <= kMaxCounter && L <= kMaxCounter && num_samples <= kMaxCounter, op,
               ": B, L and num_samples must each be below 2^32, got B = ", B, ", L = ", L,
               ", num_samples = ", num_samples);
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0.0, op,
               ": temperature must be finite and > 0, got ", temperature);
-  TORCH_CHECK(reveal_prob >= 0.0 && reveal_prob <= 1.0, op,
-              ": reveal_prob must be in [0, 1], got ", reveal_prob);
-  if (reveal_prob_rows.has_value()) {
-    const at::Tensor& r = *reveal_prob_rows;
-    TORCH_CHECK(r.scalar_type() == at::kFloat, op, ": a reveal_prob tensor must be float32, got ",
-                r.scalar_type());
-    TORCH_CHECK(r.dim() == 1 && r.size(0) == B, op, ": a reveal_prob tensor must be [B] = [", B,
-                "], got ", r.sizes());
-    TORCH_CHECK(r.device() == logits.device(), op, ": reveal_prob is on ", r.device(),
-                " but logits are on ", logits.device());
-  }
 }
 
 void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,
@@ -92,10 +80,10 @@ void check_importance_resample(const at::Tensor& log_weights, int64_t num_sample
   constexpr const char* op = "importance_resample";
   TORCH_CHECK(log_weights.dim() == 2, op, ": log_weights must be 2-D [B, K], got ",
               log_weights.sizes());
-  TORCH_CHECK(log_weights.scalar_type() == at::kFloat, op,
-              ": log_weights must be float32, got ", log_weights.scalar_type());
-  TORCH_CHECK(log_weights.size(1) >= 1, op, ": log_weights needs at least one candidate (K >= 1), got ",
-              log_weights.sizes());
+  TORCH_CHECK(log_weights.scalar_type() == at::kFloat, op, ": log_weights must be float32, got ",
+              log_weights.scalar_type());
+  TORCH_CHECK(log_weights.size(1) >= 1, op,
+              ": log_weights needs at least one candidate (K >= 1), got ", log_weights.sizes());
   TORCH_CHECK(num_samples >= 1, op, ": num_samples must be >= 1, got ", num_samples);
   TORCH_CHECK(num_samples <= kMaxCounter, op, ": num_samples must be below 2^32, got ",
               num_samples);

@@ -1,6 +1,6 @@
 // Argument checks shared by the CPU and CUDA entry points of every op: each failure names the op
-// and the offending value. Checks that need the tensor's values (ids, probabilities) live in the
-// device files, because on CUDA they must not sync.
+// and the offending value. Checks that need the tensor's values (ids, non-finite logits) live in
+// the device files, because on CUDA they must not sync.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,8 +14,7 @@ namespace edlm {
 cpu::LogitsType logits_type(const char* op, const at::Tensor& logits);
 
 void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t mask_id,
-                         int64_t num_samples, double temperature, double reveal_prob,
-                         const std::optional<at::Tensor>& reveal_prob_rows);
+                         int64_t num_samples, double temperature);
 
 void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,
                             const std::optional<at::Tensor>& weight);

@@ -17,8 +17,9 @@ namespace edlm {
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> importance_resample_cpu(
-    const at::Tensor& log_weights_in, int64_t num_samples, std::optional<at::Generator> generator) {
+std::tuple<at::Tensor, at::Tensor> importance_resample_cpu(const at::Tensor& log_weights_in,
+                                                           int64_t num_samples,
+                                                           std::optional<at::Generator> generator) {
   constexpr const char* op = "importance_resample";
   check_importance_resample(log_weights_in, num_samples);
   TORCH_CHECK(log_weights_in.device().is_cpu(), op, ": expected CPU tensors, got ",

@@ -17,13 +17,12 @@ namespace {
 // short enough that a draw's rescan of one block stays cheap and in L1.
 constexpr int64_t kSampleBlock = 512;
 
-std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(
-    const at::Tensor& logits_in, const at::Tensor& xt_in, int64_t mask_id, int64_t num_samples,
-    double temperature, double reveal_prob, const std::optional<at::Tensor>& reveal_prob_rows,
-    std::optional<at::Generator> generator) {
+std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(const at::Tensor& logits_in,
+                                                     const at::Tensor& xt_in, int64_t mask_id,
+                                                     int64_t num_samples, double temperature,
+                                                     std::optional<at::Generator> generator) {
   constexpr const char* op = "masked_sample";
-  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature, reveal_prob,
-                      reveal_prob_rows);
+  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
   TORCH_CHECK(logits_in.device().is_cpu(), op, ": expected CPU tensors, got ", logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor xt = xt_in.contiguous();
@@ -36,15 +35,6 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(
     TORCH_CHECK(x[i] >= 0 && x[i] < V, op, ": xt[", i / L, ", ", i % L, "] = ", x[i],
                 " is outside [0, V) with V = ", V);
     if (x[i] == mask_id) masked.push_back(i);
-  }
-  at::Tensor rows;
-  if (reveal_prob_rows.has_value()) {
-    rows = reveal_prob_rows->contiguous();
-    const float* r = rows.data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b) {
-      TORCH_CHECK(r[b] >= 0.f && r[b] <= 1.f, op, ": reveal_prob[", b, "] = ", r[b],
-                  " is outside [0, 1]");
-    }
   }
 
   // Blocks tiling [0, V) without the mask column.
@@ -78,10 +68,7 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(
   p.block_end = block_end.data();
   p.num_blocks = static_cast<int64_t>(block_begin.size());
   p.max_block = kSampleBlock;
-  p.mask_id = mask_id;
   p.inv_temperature = static_cast<float>(1.0 / temperature);
-  p.reveal_prob = reveal_prob;
-  p.reveal_prob_rows = rows.defined() ? rows.data_ptr<float>() : nullptr;
   p.key = key;
   p.tokens = tokens.data_ptr<int64_t>();
   p.logp = logp.data_ptr<float>();

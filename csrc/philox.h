@@ -1,6 +1,7 @@
 // Counter-based random numbers for the edlm kernels: Philox4x32-10 (Salmon et al., "Parallel random
-// numbers: as easy as 1, 2, 3", SC 2011), shared by the CPU and CUDA kernels so both key draws alike.
-// A draw is a pure function of (key, counter): no state, so a row's draws never depend on the batch.
+// numbers: as easy as 1, 2, 3", SC 2011), shared by the CPU and CUDA kernels so both key draws
+// alike. A draw is a pure function of (key, counter): no state, so a row's draws never depend on
+// the batch.
 #pragma once
 
 #include <cstdint>
@@ -38,8 +39,9 @@ EDLM_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, ui
 // The key of one op call: the generator's (seed, offset) mixed into one 64-bit Philox key. The CPU
 // draws `seed` from its generator and uses offset 0; CUDA uses the Philox (seed, offset) pair.
 EDLM_HOST_DEVICE uint64_t call_key(uint64_t seed, uint64_t offset) {
-  const Philox4 r = philox4x32_10(static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
-                                  0x45444C4Du /* "EDLM" */, 0u, seed);
+  const Philox4 r =
+      philox4x32_10(static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                    0x45444C4Du /* "EDLM" */, 0u, seed);
   return (static_cast<uint64_t>(r.w[1]) << 32) | r.w[0];
 }
 
@@ -49,9 +51,10 @@ EDLM_HOST_DEVICE double uniform53(uint32_t hi, uint32_t lo) {
   return static_cast<double>(bits) * (1.0 / 9007199254740992.0);
 }
 
-// Philox streams: the fourth counter word says what a draw is for.
+// Philox streams: the fourth counter word says what a draw is for. Stream 0 was masked_sample's
+// reveal draw (reveal_prob, since removed); it stays unused so that the token and resample draws
+// keep their counters, and with them their outputs for a given seed.
 enum Stream : uint32_t {
-  kRevealStream = 0,    // masked_sample: is this masked position revealed?
   kTokenStream = 1,     // masked_sample: which token (two uniforms: block, then within block)
   kResampleStream = 2,  // importance_resample: which candidate
 };

@@ -12,8 +12,7 @@
 TORCH_LIBRARY(edlm, m) {
   m.def(
       "masked_sample(Tensor logits, Tensor xt, int mask_id, *, int num_samples=1, "
-      "float temperature=1.0, float reveal_prob=1.0, Tensor? reveal_prob_rows=None, "
-      "Generator? generator=None) -> (Tensor tokens, Tensor logp)",
+      "float temperature=1.0, Generator? generator=None) -> (Tensor tokens, Tensor logp)",
       {at::Tag::nondeterministic_seeded});
   m.def("sequence_logprob(Tensor logits, Tensor tokens, Tensor? weight=None) -> Tensor");
   m.def(
@@ -25,8 +24,7 @@ TORCH_LIBRARY(edlm, m) {
 PYBIND11_MODULE(_C, module) {
   module.doc() = "edlm's compiled ops; importing it registers torch.ops.edlm.*";
   module.def(
-      "cpu_capability",
-      [] { return std::string(edlm::cpu::isa_name(edlm::cpu::active_isa())); },
+      "cpu_capability", [] { return std::string(edlm::cpu::isa_name(edlm::cpu::active_isa())); },
       "The instruction set the CPU kernels use now ('avx2' or 'default').");
   module.def(
       "philox4x32_10",
@@ -36,11 +34,14 @@ PYBIND11_MODULE(_C, module) {
         return std::array<uint32_t, 4>{r.w[0], r.w[1], r.w[2], r.w[3]};
       },
       "Philox4x32-10 of one counter under a 64-bit key (for tests against known answers).");
-  module.def("has_cuda", [] {
+  module.def(
+      "has_cuda",
+      [] {
 #if defined(EDLM_WITH_CUDA)
-    return true;
+        return true;
 #else
-    return false;
+        return false;
 #endif
-  }, "Whether this build has the CUDA kernels.");
+      },
+      "Whether this build has the CUDA kernels.");
 }

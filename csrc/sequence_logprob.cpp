@@ -17,10 +17,9 @@ at::Tensor sequence_logprob_cpu(const at::Tensor& logits_in, const at::Tensor& t
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor tokens = tokens_in.contiguous();
   const int64_t N = logits.size(0), L = logits.size(1), V = logits.size(2);
-  const at::Tensor weight =
-      weight_in.has_value()
-          ? weight_in->to(at::kDouble).contiguous()
-          : at::ones({N, L}, logits.options().dtype(at::kDouble));
+  const at::Tensor weight = weight_in.has_value()
+                                ? weight_in->to(at::kDouble).contiguous()
+                                : at::ones({N, L}, logits.options().dtype(at::kDouble));
 
   const int64_t* tok = tokens.data_ptr<int64_t>();
   const double* w = weight.data_ptr<double>();

@@ -2,26 +2,25 @@
 // softmax(logits / T) without the mask column (EDLM.md trap 6), keyed like the CPU kernel.
 //
 // Algorithm. A block first reads xt: an unmasked position is carried over (tokens = xt, logp = 0)
-// and a masked one whose K reveal draws all miss gets (mask_id, 0); neither reads its logits. Else
-// each thread streams its segment of the row (16-byte loads; segment t = vectors t, t + 256, ...)
-// once, keeping an online max m_t and the fp32 sum s_t of exp((x - m_t) / T). A block max M and an
-// fp64 block scan of the segment masses w_t = s_t exp((m_t - M) / T) give the cumulative masses.
-// Each draw k (one warp per draw, so K draws run side by side) takes two 53-bit uniforms: the
-// first picks the segment whose cumulative interval holds u1 * total, the second picks a token
-// inside it by an fp64 inverse CDF over its fp32 exponentials (the warp rescans the segment: a
-// lane scan, then the chosen lane rescans its own elements). A token 1e-9 below the top one is
-// drawn at its true rate, and K draws cost one pass over the row plus K segment rescans.
+// without reading its logits. At a masked position each thread streams its segment of the row
+// (16-byte loads; segment t = vectors t, t + 256, ...) once, keeping an online max m_t and the fp32
+// sum s_t of exp((x - m_t) / T). A block max M and an fp64 block scan of the segment masses
+// w_t = s_t exp((m_t - M) / T) give the cumulative masses. Each draw k (one warp per draw, so K
+// draws run side by side) takes two 53-bit uniforms: the first picks the segment whose cumulative
+// interval holds u1 * total, the second picks a token inside it by an fp64 inverse CDF over its
+// fp32 exponentials (the warp rescans the segment: a lane scan, then the chosen lane rescans its
+// own elements). A token 1e-9 below the top one is drawn at its true rate, and K draws cost one
+// pass over the row plus K segment rescans.
 //
 // Bad input. Shapes, dtypes, devices and scalars are checked on the host (csrc/checks.cpp) and
-// raise a normal RuntimeError. The value errors (an xt id outside [0, V), a reveal_prob tensor
-// value outside [0, 1], NaN or +inf logits at a masked position that is drawn, a drawn position
-// whose logits are -inf for every real token) depend on data that lives on the device, and raising
-// them from the host would need a device-to-host sync in every call (no CUDA graphs, a stalled
-// sampling loop). So the kernel prints the op, the position and the problem, then fails a
-// CUDA_KERNEL_ASSERT: the call returns, the next synchronizing call raises "CUDA error:
-// device-side assert triggered", and the CUDA context is unusable until the process restarts, as
-// for any device-side assert in PyTorch. No garbage is ever returned silently. For a Python
-// exception instead, run the same call on the CPU.
+// raise a normal RuntimeError. The value errors (an xt id outside [0, V), NaN or +inf logits at a
+// masked position, a masked position whose logits are -inf for every real token) depend on data
+// that lives on the device, and raising them from the host would need a device-to-host sync in
+// every call (no CUDA graphs, a stalled sampling loop). So the kernel prints the op, the position
+// and the problem, then fails a CUDA_KERNEL_ASSERT: the call returns, the next synchronizing call
+// raises "CUDA error: device-side assert triggered", and the CUDA context is unusable until the
+// process restarts, as for any device-side assert in PyTorch. No garbage is ever returned silently.
+// For a Python exception instead, run the same call on the CPU.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
@@ -54,18 +53,8 @@ struct MaskedSampleArgs {
   int64_t L, K;
   int V, mask_id;
   float inv_t;
-  double reveal_prob;             // used when reveal_prob_rows is null
-  const float* reveal_prob_rows;  // [B] or null
   at::PhiloxCudaState philox;
 };
-
-__device__ __forceinline__ bool revealed(double prob, uint32_t l, uint32_t k, uint32_t b,
-                                         uint64_t key) {
-  if (prob >= 1.0) return true;
-  if (!(prob > 0.0)) return false;
-  const Philox4 u = philox4x32_10(l, k, b, kRevealStream, key);
-  return uniform53(u.w[0], u.w[1]) < prob;
-}
 
 template <typename D>
 __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const MaskedSampleArgs a) {
@@ -74,15 +63,10 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t pos = blockIdx.x, b = pos / a.L, l = pos % a.L, K = a.K, L = a.L;
   const int64_t x = a.xt[pos];
-  const double prob =
-      a.reveal_prob_rows ? static_cast<double>(a.reveal_prob_rows[b]) : a.reveal_prob;
   if (tid == 0) {
     EDLM_DEVICE_CHECK(x >= 0 && x < a.V,
                       "masked_sample: xt[%lld, %lld] = %lld is outside [0, V) with V = %d",
                       (long long)b, (long long)l, (long long)x, a.V);
-    EDLM_DEVICE_CHECK(prob >= 0.0 && prob <= 1.0,
-                      "masked_sample: reveal_prob[%lld] = %f is outside [0, 1]", (long long)b,
-                      prob);
   }
   if (x != a.mask_id) {  // carry-over (or a bad id, asserted above)
     for (int64_t k = tid; k < K; k += kThreads) {
@@ -91,21 +75,10 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
     }
     return;
   }
-  if (!(prob >= 0.0 && prob <= 1.0)) return;
 
   const auto seeds = at::cuda::philox::unpack(a.philox);
   const uint64_t key = call_key(std::get<0>(seeds), std::get<1>(seeds));
   const uint32_t l32 = static_cast<uint32_t>(l), b32 = static_cast<uint32_t>(b);
-  bool any = false;
-  for (int64_t k = tid; k < K; k += kThreads) {
-    if (revealed(prob, l32, static_cast<uint32_t>(k), b32, key)) {
-      any = true;
-    } else {
-      a.tokens[(b * K + k) * L + l] = a.mask_id;
-      a.logp[(b * K + k) * L + l] = 0.f;
-    }
-  }
-  if (!__syncthreads_or(any)) return;  // nothing revealed: the logits are never read
 
   // One pass over the row: per-thread max and fp32 exp-sum against it.
   const S* row = static_cast<const S*>(a.logits) + pos * a.V;
@@ -168,7 +141,6 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
   const S* vec_base = row + lay.head;
   for (int64_t k = warp; k < K; k += kWarps) {
     const uint32_t k32 = static_cast<uint32_t>(k);
-    if (!revealed(prob, l32, k32, b32, key)) continue;
     const Philox4 u = philox4x32_10(l32, k32, b32, kTokenStream, key);
 
     // Segment: the first with positive mass whose cumulative mass exceeds u1 * total.
@@ -235,19 +207,16 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(
-    const at::Tensor& logits_in, const at::Tensor& xt_in, int64_t mask_id, int64_t num_samples,
-    double temperature, double reveal_prob, const std::optional<at::Tensor>& reveal_prob_rows,
-    std::optional<at::Generator> generator) {
+std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(const at::Tensor& logits_in,
+                                                      const at::Tensor& xt_in, int64_t mask_id,
+                                                      int64_t num_samples, double temperature,
+                                                      std::optional<at::Generator> generator) {
   constexpr const char* op = "masked_sample";
-  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature, reveal_prob,
-                      reveal_prob_rows);
+  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
   TORCH_CHECK(logits_in.is_cuda(), op, ": expected CUDA tensors, got ", logits_in.device());
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor xt = xt_in.contiguous();
-  const at::Tensor rows =
-      reveal_prob_rows.has_value() ? reveal_prob_rows->contiguous() : at::Tensor();
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2), K = num_samples;
   TORCH_CHECK(V <= std::numeric_limits<int>::max(), op, ": V must be below 2^31, got ", V);
   TORCH_CHECK(B * L <= std::numeric_limits<int>::max(), op,
@@ -275,8 +244,6 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(
   a.V = static_cast<int>(V);
   a.mask_id = static_cast<int>(mask_id);
   a.inv_t = static_cast<float>(1.0 / temperature);
-  a.reveal_prob = reveal_prob;
-  a.reveal_prob_rows = rows.defined() ? rows.data_ptr<float>() : nullptr;
   a.philox = philox;
 
   const dim3 grid(static_cast<unsigned>(B * L));

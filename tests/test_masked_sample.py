@@ -114,25 +114,15 @@ def test_one_hot_rows(device):
     assert torch.all(logp == 0)
 
 
-def test_reveal_prob_zero_and_one(device):
-    logits = torch.randn(2, 20, 6, device=device)
-    xt = torch.full((2, 20), 5, device=device)
-    tokens, logp = ops.masked_sample(logits, xt, 5, num_samples=3, reveal_prob=0.0)
-    assert torch.all(tokens == 5) and torch.all(logp == 0)
-    rows = torch.tensor([1.0, 0.0], device=device)
-    tokens, logp = ops.masked_sample(logits, xt, 5, num_samples=3, reveal_prob=rows)
-    assert torch.all(tokens[0] != 5) and torch.all(tokens[1] == 5) and torch.all(logp[1] == 0)
-
-
 # ---------------------------------------------------------------- determinism
 
 
 def test_same_generator_state_same_output(device):
     logits = torch.randn(3, 50, 300, device=device)
     xt = torch.full((3, 50), 299, device=device)
-    a = ops.masked_sample(logits, xt, 299, num_samples=4, reveal_prob=0.5, generator=gen(7, device))
-    b = ops.masked_sample(logits, xt, 299, num_samples=4, reveal_prob=0.5, generator=gen(7, device))
-    c = ops.masked_sample(logits, xt, 299, num_samples=4, reveal_prob=0.5, generator=gen(8, device))
+    a = ops.masked_sample(logits, xt, 299, num_samples=4, generator=gen(7, device))
+    b = ops.masked_sample(logits, xt, 299, num_samples=4, generator=gen(7, device))
+    c = ops.masked_sample(logits, xt, 299, num_samples=4, generator=gen(8, device))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
     # The generator advances: two calls on one generator differ.
@@ -153,27 +143,19 @@ def test_row_output_depends_only_on_its_own_inputs(device):
     logits = torch.randn(B, L, V, device=device)
     xt = torch.full((B, L), V - 1, device=device)
     xt[:, ::3] = 7
-    base = ops.masked_sample(
-        logits, xt, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device)
-    )
+    base = ops.masked_sample(logits, xt, V - 1, num_samples=3, generator=gen(5, device))
     # Change every other row: rows 1 and 3 must not move.
     logits2, xt2 = logits.clone(), xt.clone()
     logits2[0] = torch.randn(L, V, device=device)
     logits2[2] = -logits2[2]
     xt2[0, :] = V - 1
-    other = ops.masked_sample(
-        logits2, xt2, V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device)
-    )
+    other = ops.masked_sample(logits2, xt2, V - 1, num_samples=3, generator=gen(5, device))
     for b in (1, 3):
         assert torch.equal(base[0][b], other[0][b]) and torch.equal(base[1][b], other[1][b])
     # Fewer rows, or fewer samples: the shared prefix is unchanged.
-    head = ops.masked_sample(
-        logits[:2], xt[:2], V - 1, num_samples=3, reveal_prob=0.7, generator=gen(5, device)
-    )
+    head = ops.masked_sample(logits[:2], xt[:2], V - 1, num_samples=3, generator=gen(5, device))
     assert torch.equal(head[0], base[0][:2])
-    fewer = ops.masked_sample(
-        logits, xt, V - 1, num_samples=2, reveal_prob=0.7, generator=gen(5, device)
-    )
+    fewer = ops.masked_sample(logits, xt, V - 1, num_samples=2, generator=gen(5, device))
     assert torch.equal(fewer[0], base[0][:, :2])
 
 
@@ -280,26 +262,6 @@ def test_tail_of_a_single_token(device, isa):
     assert torch.all((tokens == 0) | (tokens == 50))
 
 
-def test_reveal_rate(device):
-    B, L, K = 2, 500, 40
-    logits = torch.randn(B, L, 10, device=device)
-    xt = torch.full((B, L), 9, device=device)
-    rows = torch.tensor([0.25, 0.9], device=device)
-    tokens, logp = ops.masked_sample(
-        logits, xt, 9, num_samples=K, reveal_prob=rows, generator=gen(0, device)
-    )
-    n = L * K
-    for b, p in enumerate((0.25, 0.9)):
-        revealed = (tokens[b] != 9).sum().item()
-        assert abs(revealed - n * p) < 5 * math.sqrt(n * p * (1 - p))
-        assert torch.all((logp[b] == 0) == (tokens[b] == 9))
-    tokens, _ = ops.masked_sample(
-        logits, xt, 9, num_samples=K, reveal_prob=0.1, generator=gen(1, device)
-    )
-    revealed = (tokens != 9).sum().item()
-    assert abs(revealed - 2 * n * 0.1) < 5 * math.sqrt(2 * n * 0.09)
-
-
 def test_draws_are_independent_across_samples_and_positions(device):
     # Pairs of draws (sample k, k+1) and (position l, l+1) must be uncorrelated: a shared uniform
     # would make them equal far more often than sum p^2.
@@ -325,11 +287,10 @@ def test_opcheck(device):
     xt = torch.full((2, 5), 6, device=device)
     xt[0, 0] = 1
     torch.library.opcheck(torch.ops.edlm.masked_sample.default, (logits, xt, 6), {"num_samples": 3})
-    rows = torch.tensor([0.5, 1.0], device=device)
     torch.library.opcheck(
         torch.ops.edlm.masked_sample.default,
         (logits, xt, 6),
-        {"num_samples": 2, "reveal_prob_rows": rows, "temperature": 0.5},
+        {"num_samples": 2, "temperature": 0.5},
     )
 
 
@@ -381,28 +342,6 @@ def test_bad_input(device):
         4,
         temperature=-1.0,
     )
-    bad(r"masked_sample: reveal_prob must be in \[0, 1\], got 1.5", logits, xt, 4, reveal_prob=1.5)
-    bad(
-        r"masked_sample: reveal_prob must be in \[0, 1\], got nan",
-        logits,
-        xt,
-        4,
-        reveal_prob=float("nan"),
-    )
-    bad(
-        r"masked_sample: a reveal_prob tensor must be \[B\]",
-        logits,
-        xt,
-        4,
-        reveal_prob=torch.ones(3, device=device),
-    )
-    bad(
-        r"masked_sample: a reveal_prob tensor must be float32",
-        logits,
-        xt,
-        4,
-        reveal_prob=torch.ones(2, device=device, dtype=torch.float64),
-    )
 
 
 def test_bad_values_cpu():
@@ -414,13 +353,6 @@ def test_bad_values_cpu():
     bad(r"masked_sample: xt\[1, 2\] = 9 is outside \[0, V\) with V = 5", logits, xt_bad, 4)
     xt_bad[1, 2] = -3
     bad(r"masked_sample: xt\[1, 2\] = -3", logits, xt_bad, 4)
-    bad(
-        r"masked_sample: reveal_prob\[1\] = 2 is outside \[0, 1\]",
-        logits,
-        xt,
-        4,
-        reveal_prob=torch.tensor([0.5, 2.0]),
-    )
     nan = logits.clone()
     nan[1, 1, 2] = float("nan")
     bad(r"masked_sample: logits\[1, 1\] contain NaN or \+inf", nan, xt, 4)
@@ -445,7 +377,7 @@ def test_cuda_agrees_with_the_cpu_kernel_in_distribution():
     V, K = 40, 20000
     logits = torch.randn(2, 1, V) * 2
     xt = torch.full((2, 1), V - 1)
-    tc, _lc = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0))
+    tc, lc = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0))
     tg, lg = ops.masked_sample(
         logits.cuda(), xt.cuda(), V - 1, num_samples=K, generator=gen(0, "cuda")
     )

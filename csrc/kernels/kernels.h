@@ -26,17 +26,14 @@ struct MaskedSampleParams {
   const void* logits;  // [B, L, V] contiguous
   LogitsType dtype;
   int64_t B, L, V, K;
-  const int64_t* xt;             // [B, L]
-  const int64_t* masked;         // flat b * L + l of every masked position, ascending
+  const int64_t* xt;      // [B, L]
+  const int64_t* masked;  // flat b * L + l of every masked position, ascending
   int64_t num_masked;
-  const int64_t* block_begin;    // [num_blocks] column blocks [begin, end) that tile the
-  const int64_t* block_end;      //   vocabulary without the mask column
+  const int64_t* block_begin;  // [num_blocks] column blocks [begin, end) that tile the
+  const int64_t* block_end;    //   vocabulary without the mask column
   int64_t num_blocks;
-  int64_t max_block;             // longest block
-  int64_t mask_id;
+  int64_t max_block;  // longest block
   float inv_temperature;
-  double reveal_prob;            // used when reveal_prob_rows is null
-  const float* reveal_prob_rows; // [B] or null
   uint64_t key;
   int64_t* tokens;  // [B, K, L]
   float* logp;      // [B, K, L]
@@ -52,11 +49,11 @@ struct SequenceLogprobParams {
   double* terms;          // [N, L] out: weight * log_softmax(logits)[token]; 0 where weight == 0
 };
 
-#define EDLM_DECLARE_CPU_KERNELS(ISA)                            \
-  namespace ISA {                                                \
-  void masked_sample(const MaskedSampleParams& p);               \
-  void sequence_logprob(const SequenceLogprobParams& p);         \
-  const char* name();                                            \
+#define EDLM_DECLARE_CPU_KERNELS(ISA)                    \
+  namespace ISA {                                        \
+  void masked_sample(const MaskedSampleParams& p);       \
+  void sequence_logprob(const SequenceLogprobParams& p); \
+  const char* name();                                    \
   }
 
 EDLM_DECLARE_CPU_KERNELS(DEFAULT)

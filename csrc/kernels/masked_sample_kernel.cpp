@@ -32,25 +32,9 @@ void masked_sample_impl(const T* logits, const MaskedSampleParams& p) {
     auto block_max_ = std::make_unique<float[]>(nb);
     auto block_s = std::make_unique<double[]>(nb);  // sum of exp((x - block_ref) / T) in the block
     auto prefix = std::make_unique<double[]>(nb);   // cumulative block masses relative to the max
-    auto reveal = std::make_unique<bool[]>(K);
     for (int64_t j = begin; j < end; ++j) {
       const int64_t pos = p.masked[j], b = pos / L, l = pos % L;
       const T* row = logits + pos * V;
-      const double prob = p.reveal_prob_rows ? p.reveal_prob_rows[b] : p.reveal_prob;
-      bool any = false;
-      for (int64_t k = 0; k < K; ++k) {
-        bool r = prob >= 1.0;
-        if (!r && prob > 0.0) {
-          const Philox4 u = philox4x32_10(static_cast<uint32_t>(l), static_cast<uint32_t>(k),
-                                          static_cast<uint32_t>(b), kRevealStream, p.key);
-          r = uniform53(u.w[0], u.w[1]) < prob;
-        }
-        reveal[k] = r;
-        any = any || r;
-        p.tokens[(b * K + k) * L + l] = p.mask_id;
-        p.logp[(b * K + k) * L + l] = 0.f;
-      }
-      if (!any) continue;
 
       // One read of the row: per-block references, maxima and fp32-lane masses.
       const bool ok = stream_row(
@@ -78,7 +62,6 @@ void masked_sample_impl(const T* logits, const MaskedSampleParams& p) {
       const double log_total = std::log(total);
 
       for (int64_t k = 0; k < K; ++k) {
-        if (!reveal[k]) continue;
         const Philox4 u = philox4x32_10(static_cast<uint32_t>(l), static_cast<uint32_t>(k),
                                         static_cast<uint32_t>(b), kTokenStream, p.key);
         // Block: the first whose cumulative mass exceeds u1 * total (zero-mass blocks never are).
@@ -103,8 +86,8 @@ void masked_sample_impl(const T* logits, const MaskedSampleParams& p) {
         const int64_t token = lo + pick;
         const double x = static_cast<float>(row[token]);
         p.tokens[(b * K + k) * L + l] = token;
-        p.logp[(b * K + k) * L + l] = static_cast<float>(
-            (x - row_max) * static_cast<double>(p.inv_temperature) - log_total);
+        p.logp[(b * K + k) * L + l] =
+            static_cast<float>((x - row_max) * static_cast<double>(p.inv_temperature) - log_total);
       }
     }
   });

@@ -77,7 +77,8 @@ inline void block_exp(const T* x, int64_t n, float m, float inv_t, float* out) {
   const Vec vm(m), vt(inv_t);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) ((load_vec(x + i) - vm) * vt).exp_u20().store(out + i);
-  if (i < n) ((load_tail(x + i, n - i) - vm) * vt).exp_u20().store(out + i, static_cast<int>(n - i));
+  if (i < n)
+    ((load_tail(x + i, n - i) - vm) * vt).exp_u20().store(out + i, static_cast<int>(n - i));
 }
 
 // sum(exp((x[i] - m) * inv_t)) with fp32 lanes, for blocks of a few thousand elements at most.

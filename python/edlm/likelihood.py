@@ -11,7 +11,14 @@ import torch
 
 from . import ops, schedule
 
-__all__ = ["check_eval", "evaluate_likelihood", "log_z_estimates", "nelbo", "paper_estimate", "summarize"]
+__all__ = [
+    "check_eval",
+    "evaluate_likelihood",
+    "log_z_estimates",
+    "nelbo",
+    "paper_estimate",
+    "summarize",
+]
 
 
 # --- log Z ------------------------------------------------------------------------------------

@@ -20,19 +20,19 @@ def masked_sample(
     *,
     num_samples: int = 1,
     temperature: float = 1.0,
-    reveal_prob: float | torch.Tensor = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw clean tokens for the masked positions of ``xt`` from the denoiser's logits.
+    """Draw clean tokens for every masked position of ``xt`` from the denoiser's logits.
 
-    The proposal draw of importance sampling (``reveal_prob=1``, K candidates) and the
-    masked-diffusion reverse step (``reveal_prob=(t - s) / t``) in one call.
+    The proposal draw of importance sampling (K candidates) and the clean-token draw of the
+    reverse step (K = 1). Which positions a step reveals is the sampler's choice:
+    `edlm.sampling` draws every position's reveal time up front.
 
     Parameters
     ----------
     logits : Tensor [B, L, V], float32, bfloat16 or float16
         Denoiser logits; V includes the mask token. The mask column is never drawn and its value
-        is ignored. Positions that are not drawn are never read.
+        is ignored. Unmasked positions are never read.
     xt : Tensor [B, L], int64
         Current sequence; positions equal to ``mask_id`` are masked. Ids must lie in [0, V).
     mask_id : int
@@ -41,8 +41,6 @@ def masked_sample(
         K, the number of independent draws per row (candidates).
     temperature : float
         Tokens are drawn from ``softmax(logits / temperature)`` over the real tokens; > 0.
-    reveal_prob : float or Tensor [B] float32
-        Probability, in [0, 1], that a masked position is revealed (per row when a tensor).
     generator : torch.Generator, optional
         Source of randomness (default: the device's default generator). Each call draws one
         seed from it; every draw is then Philox keyed by (row, sample, position), so a row's
@@ -51,35 +49,17 @@ def masked_sample(
     Returns
     -------
     tokens : Tensor [B, K, L], int64
-        ``xt`` where unmasked (carry-over); a drawn token where revealed; ``mask_id`` where a
-        masked position was not revealed.
+        ``xt`` where unmasked (carry-over); a drawn token (never ``mask_id``) where masked.
     logp : Tensor [B, K, L], float32
         Log-probability of each drawn token under ``softmax(logits / temperature)`` without the
-        mask column; 0 where nothing was drawn.
+        mask column; 0 where unmasked.
 
     Sampling is exact inverse-CDF with 53-bit uniforms and fp64 cumulative masses, so tokens far
     below 2^-24 of the top probability are drawn at their true rate. Reference:
     `edlm.reference.masked_sample`.
     """
-    if isinstance(reveal_prob, torch.Tensor):
-        return torch.ops.edlm.masked_sample(
-            logits,
-            xt,
-            mask_id,
-            num_samples=num_samples,
-            temperature=temperature,
-            reveal_prob=1.0,
-            reveal_prob_rows=reveal_prob,
-            generator=generator,
-        )
     return torch.ops.edlm.masked_sample(
-        logits,
-        xt,
-        mask_id,
-        num_samples=num_samples,
-        temperature=temperature,
-        reveal_prob=float(reveal_prob),
-        generator=generator,
+        logits, xt, mask_id, num_samples=num_samples, temperature=temperature, generator=generator
     )
 
 
@@ -145,17 +125,7 @@ def cpu_capability() -> str:
 
 
 @torch.library.register_fake("edlm::masked_sample")
-def _masked_sample_fake(
-    logits,
-    xt,
-    mask_id,
-    *,
-    num_samples=1,
-    temperature=1.0,
-    reveal_prob=1.0,
-    reveal_prob_rows=None,
-    generator=None,
-):
+def _masked_sample_fake(logits, xt, mask_id, *, num_samples=1, temperature=1.0, generator=None):
     torch._check(
         logits.dim() == 3, lambda: f"masked_sample: logits must be 3-D, got {logits.shape}"
     )

@@ -12,7 +12,7 @@ import torch
 def masked_sample_probs(
     logits: torch.Tensor, mask_id: int, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Exact distribution of a revealed token: softmax(logits / T) without the mask column.
+    """Exact distribution of a drawn token: softmax(logits / T) without the mask column.
 
     logits [B, L, V] -> probabilities [B, L, V] float64 (the mask column is 0).
     """
@@ -28,7 +28,6 @@ def masked_sample(
     *,
     num_samples: int = 1,
     temperature: float = 1.0,
-    reveal_prob: float | torch.Tensor = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of `edlm.ops.masked_sample`: tokens [B, K, L] int64, logp [B, K, L] float32."""
@@ -40,13 +39,9 @@ def masked_sample(
     )  # [B*L, K]
     drawn = drawn.reshape(B, L, K).permute(0, 2, 1)  # [B, K, L]
     logp_drawn = probs.log().unsqueeze(1).expand(B, K, L, V).gather(-1, drawn[..., None])[..., 0]
-    p = torch.as_tensor(reveal_prob, dtype=torch.float64, device=logits.device)
-    p = p.reshape(-1, 1, 1).expand(B, 1, 1)  # [B, 1, 1]
-    u = torch.rand(B, K, L, dtype=torch.float64, device=logits.device, generator=generator)
-    masked = (xt == mask_id).unsqueeze(1).expand(B, K, L)
-    revealed = masked & (u < p)
-    tokens = torch.where(revealed, drawn, xt.unsqueeze(1).expand(B, K, L))
-    logp = torch.where(revealed, logp_drawn, torch.zeros((), dtype=torch.float64))
+    masked = (xt == mask_id).unsqueeze(1).expand(B, K, L)  # [B, K, L]
+    tokens = torch.where(masked, drawn, xt.unsqueeze(1).expand(B, K, L))
+    logp = torch.where(masked, logp_drawn, torch.zeros((), dtype=torch.float64))
     return tokens, logp.float()
 
 
