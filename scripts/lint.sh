@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EDLM_VENV:-.venv}
 RUFF=0.17.6
-CLANG_FORMAT=__CLANG_FORMAT_VERSION__
+CLANG_FORMAT=23.1.5
 "$VENV/bin/python" -m pip --disable-pip-version-check -q install "ruff==$RUFF" "clang-format==$CLANG_FORMAT"
 mapfile -t cxx < <(git ls-files -co --exclude-standard 'csrc/*.cpp' 'csrc/*.h' 'cuda/*.cu' 'cuda/*.cuh' \
   'csrc/**/*.cpp' 'csrc/**/*.h' | sort -u)

@@ -80,14 +80,38 @@ def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
         "--device",
         "cpu",
     ]
-    assert main(["eval"] + common + ["--energy", f"ar:{tmp_path / 'ar'}"]) == 0
-    out = capsys.readouterr().out
-    assert "MDLM NELBO (bound)" in out and "EDLM paper (Z = 1)" in out and "<=" not in out
+    common += ["--steps", "2,4", "--num-is", "3"]
+    assert main(["eval", *common, "--energy", f"ar:{tmp_path / 'ar'}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for label in ("MDLM NELBO (continuous t)", "MDLM, 2 steps", "EDLM SIR k=4, 4 steps"):
+        row = next(line for line in lines if line.startswith(label))
+        assert row.split()[len(label.split())] == "<=", row  # every row here is a bound
+    assert not any("paper" in line for line in lines[:-1])
+    assert main(["eval", *common, "--energy", f"ar:{tmp_path / 'ar'}", "--bound", "paper"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    paper = [line for line in lines if line.startswith("EDLM paper formula")]
+    assert paper and not any("<=" in line for line in paper)  # never printed as a bound
+    assert main(["eval", *common, "--energy", f"ar:{tmp_path / 'ar'}", "--bound", "infinite"]) == 0
+    assert "EDLM k=inf, 4 steps" in capsys.readouterr().out
+    # A fresh NCE energy is 0 everywhere: EDLM's bound is MDLM's, and so is the paper's formula.
+    assert main(["eval", *common, "--energy", f"nce:{tmp_path / 'energy'}", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for T in ("2", "4"):
+        b = res["steps"][T]
+        assert b["bound"] == "sir" and b["edlm_T_per_token"] == pytest.approx(
+            b["mdlm_T_per_token"], abs=1e-6
+        )
     assert (
         main(
-            ["eval"]
-            + common
-            + ["--energy", f"nce:{tmp_path / 'energy'}", "--num-is", "3", "--json"]
+            [
+                "eval",
+                *common,
+                "--energy",
+                f"nce:{tmp_path / 'energy'}",
+                "--bound",
+                "paper",
+                "--json",
+            ]
         )
         == 0
     )
@@ -214,6 +238,13 @@ BAD = [
         False,
     ),
     ("eval", ["--denoiser", "{truncated}", "--num-t", "0"], "--num-t must be >= 1, got 0", False),
+    (
+        "eval",
+        ["--denoiser", "{truncated}", "--bound", "best"],
+        "--bound must be sir, infinite or paper, got 'best'",
+        False,
+    ),
+    ("eval", ["--denoiser", "{truncated}", "--steps", "0"], "--steps must be >= 1, got 0", False),
     ("sweep", ["--device", "banana"], "--device banana: unknown device", False),
     ("sweep", ["--steps", "8,x"], "--steps must be a comma-separated list of int", False),
     ("sweep", ["--methods", "mdlm,gpt"], "unknown method 'gpt' in --methods", False),

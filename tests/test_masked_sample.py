@@ -377,7 +377,7 @@ def test_cuda_agrees_with_the_cpu_kernel_in_distribution():
     V, K = 40, 20000
     logits = torch.randn(2, 1, V) * 2
     xt = torch.full((2, 1), V - 1)
-    tc, lc = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0))
+    tc, _lc = ops.masked_sample(logits, xt, V - 1, num_samples=K, generator=gen(0))
     tg, lg = ops.masked_sample(
         logits.cuda(), xt.cuda(), V - 1, num_samples=K, generator=gen(0, "cuda")
     )

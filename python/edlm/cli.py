@@ -26,6 +26,7 @@ import torch
 
 from . import checkpoint
 from . import config as config_mod
+from .bound import evaluate_bound
 from .checkpoint import bundled, load_energy, load_model, tokenizer_of
 from .config import resolve_device
 from .corpora import NAMED_DATASETS, eval_split
@@ -282,38 +283,55 @@ def cmd_sample(argv: list[str]) -> int:
 # --- eval ---------------------------------------------------------------------------------------
 
 
-def _eval_table(res: dict) -> str:
-    rows = [("MDLM NELBO (bound)", "nelbo")]
+def _eval_rows(res: dict) -> list[tuple[str, str, str]]:
+    """(label, key prefix, "<=" where the row is an upper bound on the NLL) for the table."""
+    rows = [("MDLM NELBO (continuous t)", "nelbo", "<=")]
     if "paper_t_per_token" in res:
-        if res["num_is"] == 0:
-            rows.append(("EDLM paper (Z = 1)", "paper_u"))
-        else:
-            rows += [
-                (f"EDLM paper, T_n (n={res['num_is']})", "paper_t"),
-                (f"EDLM paper, U_n (n={res['num_is']})", "paper_u"),
+        n = res["num_is"]
+        rows += (
+            [("EDLM paper formula (Z = 1)", "paper_u", "")]
+            if n == 0
+            else [
+                (f"EDLM paper formula, T_n n={n}", "paper_t", ""),
+                (f"EDLM paper formula, U_n n={n}", "paper_u", ""),
             ]
-    lines = [f"{'':26} {'nats/token':>10} {'+- se':>8} {'ppl':>10} {'bits/token':>10}"]
-    for label, key in rows:
-        lines.append(
-            f"{label:26} {res[key + '_per_token']:10.4f} {res[key + '_se']:8.4f} "
-            f"{res[key + '_perplexity']:10.3f} {res[key + '_bits_per_token']:10.4f}"
         )
+    for T, b in res.get("steps", {}).items():
+        rows.append((f"MDLM, {T} steps", f"steps.{T}.mdlm_T", "<="))
+        if "edlm_T_per_token" in b:
+            if b["bound"] == "sir":
+                rows.append((f"EDLM SIR k={b['k']}, {T} steps", f"steps.{T}.edlm_T", "<="))
+            else:  # U_n's upward bias holds as n grows (Theorem 1): a bound for large n
+                rows.append((f"EDLM k=inf, {T} steps", f"steps.{T}.edlm_T", "<=*"))
+    return rows
+
+
+def _eval_table(res: dict) -> str:
+    lines = [f"{'':30} {'bound':>5} {'nats/token':>10} {'+- se':>8} {'ppl':>10} {'bits/token':>10}"]
+    for label, key, bound in _eval_rows(res):
+        src, name = res, key
+        if key.startswith("steps."):
+            _, T, name = key.split(".")
+            src = res["steps"][T]
+        lines.append(
+            f"{label:30} {bound:>5} {src[name + '_per_token']:10.4f} {src[name + '_se']:8.4f} "
+            f"{src[name + '_perplexity']:10.3f} {src[name + '_bits_per_token']:10.4f}"
+        )
+    lines.append(f"{res['num_sequences']} sequences of {res['length']} tokens")
     lines.append(
-        f"{res['num_sequences']} sequences of {res['length']} tokens, {res['num_t']} draws of t each"
+        "<=: an upper bound on the NLL (of the T-step sampler whose last step samples, for the step "
+        "rows);\n<=*: a bound as the log Z draws grow; the EDLM paper's formula is an estimate, "
+        "not a bound (EDLM.md section 4)"
     )
-    if "log_z" in res:
-        lines.append(f"log Z: {res['log_z']}")
-        lines.append(
-            "the MDLM row is an upper bound on the NLL; the EDLM paper's formula is an estimate, not a bound"
-        )
     return "\n".join(lines)
 
 
 def cmd_eval(argv: list[str]) -> int:
     p = _parser(
         "eval",
-        "Likelihood of a trained denoiser on a dataset: MDLM's NELBO and, with an "
-        "energy, the EDLM paper's formula (log Z by T_n and U_n), as a small table.",
+        "Likelihood of a trained denoiser on a dataset: MDLM's NELBO, the T-step sampler's ELBO for "
+        "MDLM and, with an energy, EDLM's bound (SIR with k candidates, or k = infinity), or the "
+        "EDLM paper's formula (--bound paper, not a bound), as a small table.",
         "seed",
     )
     p.add_argument("--denoiser", required=True, help="denoiser checkpoint (or run directory)")
@@ -323,16 +341,33 @@ def cmd_eval(argv: list[str]) -> int:
         "--tokenizer", default=None, help="for raw text paths (default: the checkpoint's)"
     )
     p.add_argument("--energy", default=None, help=ENERGY_SPEC)
-    p.add_argument("--num-sequences", type=int, default=64)
-    p.add_argument("--num-t", type=int, default=8, help="draws of t per sequence (antithetic)")
     p.add_argument(
-        "--num-is", type=int, default=16, help="proposal draws per noisy sequence for log Z"
+        "--bound", default="sir", help="sir | infinite | paper (with --energy; default: sir)"
+    )
+    p.add_argument("--steps", default="16,64", help="comma-separated sampler step counts T")
+    p.add_argument("--k", type=int, default=4, help="importance-sampling candidates (--bound sir)")
+    p.add_argument("--window", type=float, default=1.0, help="IS at the steps with t > 1 - window")
+    p.add_argument("--num-sequences", type=int, default=64)
+    p.add_argument(
+        "--num-t", type=int, default=8, help="draws of t per sequence (continuous NELBO)"
+    )
+    p.add_argument("--num-tau", type=int, default=1, help="draws of the reveal times per sequence")
+    p.add_argument(
+        "--num-is",
+        type=int,
+        default=16,
+        help="sir: completions per step; infinite: proposal draws; paper: draws for log Z",
     )
     p.add_argument("--batch-size", type=int, default=32, help="rows per network call")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
-    _at_least(args, num_sequences=1, num_t=1, num_is=0, batch_size=1)
+    _at_least(args, num_sequences=1, num_t=1, num_tau=1, num_is=0, batch_size=1, k=1)
+    if args.bound not in ("sir", "infinite", "paper"):
+        raise CommandError(f"--bound must be sir, infinite or paper, got {args.bound!r}")
+    steps = _list(args.steps, int, "--steps")
+    if any(T < 1 for T in steps):
+        raise CommandError(f"--steps must be >= 1, got {args.steps}")
     device = _device(args.device)
     denoiser, cfg = _load(args.denoiser, "denoiser", device, "--denoiser")
     named = args.data in NAMED_DATASETS
@@ -351,17 +386,35 @@ def cmd_eval(argv: list[str]) -> int:
         energy = load_energy(
             args.energy, mask_id=denoiser.mask_id, vocab_size=denoiser.cfg.vocab_size, device=device
         )
+    n = min(args.num_sequences, len(data))
+    g = torch.Generator(device=device).manual_seed(args.seed)
     res = evaluate_likelihood(
         denoiser,
         data,
-        num_sequences=min(args.num_sequences, len(data)),
+        num_sequences=n,
         num_t=args.num_t,
         batch_size=args.batch_size,
-        energy=energy,
+        energy=energy if args.bound == "paper" else None,
         num_is=args.num_is,
         device=device,
-        generator=torch.Generator(device=device).manual_seed(args.seed),
+        generator=g,
     )
+    seqs = data.blocks(data.indices(0)[:n]).to(device)
+    res["steps"] = {}
+    for T in steps:
+        res["steps"][str(T)] = evaluate_bound(
+            denoiser,
+            seqs,
+            steps=T,
+            energy=energy if args.bound != "paper" else None,
+            num_candidates=args.k,
+            window=args.window,
+            bound=args.bound if args.bound != "paper" else "sir",
+            num_completions=max(args.num_is, 2 if args.bound == "infinite" else 1),
+            num_tau=args.num_tau,
+            batch_size=args.batch_size,
+            generator=g,
+        )
     res["data"], res["split"] = args.data, split
     print(json.dumps(res, indent=2) if args.json else _eval_table(res))
     return 0
