@@ -3,12 +3,21 @@
 Tests import the installed edlm (with its compiled edlm._C); CUDA cases skip without a GPU.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 from devices import HAS_CUDA
 
 import edlm
+
+# torch.compile's FX-graph cache is keyed without our ops' schemas, so a cache written against an
+# older build of edlm._C replays its graphs against the old schema. Each session gets its own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="edlm-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 DEVICES = [
     "cpu",
