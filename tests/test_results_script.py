@@ -39,7 +39,8 @@ def test_make_results_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = md.read_text()
     for heading in (
-        "## Likelihood: MDLM bound against EDLM",
+        "## Likelihood: bounds of the T-step sampler",
+        "## Likelihood: the paper's formula (an estimate, not a bound)",
         "## Generation at equal steps",
         "## The effect of k and of the window",
         "## Where the small-scale result differs from the paper",
@@ -54,6 +55,7 @@ def test_make_results_quick(tmp_path):
         "sweep.png",
         "k_window.png",
         "likelihood.json",
+        "bounds.json",
         "sweep_samples.jsonl",
     ):
         assert (out / name).stat().st_size > 0, name

@@ -178,8 +178,8 @@ def evaluate_bound(
 ) -> dict:
     """`sampler_bound` over sequences data [N, L] (num_tau draws of tau each, averaged per
     sequence), summarized as `likelihood.summarize` does: "mdlm_T_*" (MDLM's T-step ELBO) and, with
-    an energy, "edlm_T_*" (EDLM's, SIR or infinite), per token with standard errors across
-    sequences, plus the settings."""
+    an energy, "edlm_T_*" (EDLM's, SIR or infinite) and "gain_T_*" (EDLM's minus MDLM's, paired),
+    per token with standard errors across sequences, plus the settings."""
     if num_tau < 1:
         raise ValueError(f"evaluate_bound: num_tau must be >= 1, got {num_tau}")
     N, L = data.shape
@@ -205,5 +205,7 @@ def evaluate_bound(
     result.update(summarize(torch.cat(sums["mdlm"]), L, "mdlm_T"))
     if energy is not None:
         result.update(summarize(torch.cat(sums["edlm"]), L, "edlm_T"))
+        # the paired difference (same sequences, same reveal times): what the energy changes
+        result.update(summarize(torch.cat(sums["edlm"]) - torch.cat(sums["mdlm"]), L, "gain_T"))
         result.update(bound=bound, k=num_candidates, window=window, num_completions=num_completions)
     return result
