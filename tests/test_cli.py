@@ -80,7 +80,7 @@ def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
         "--device",
         "cpu",
     ]
-    assert main(["eval"] + common + ["--energy", f"ar:{tmp_path / 'ar'}"]) == 0
+    assert main(["eval"] + common + ["--energy", f"ar-carry:{tmp_path / 'ar'}"]) == 0
     out = capsys.readouterr().out
     assert "MDLM NELBO (bound)" in out and "EDLM paper (Z = 1)" in out and "<=" not in out
     assert (

@@ -30,7 +30,7 @@ from edlm.sweep import (
 def models():
     denoiser, _ = checkpoint.load_model(bundled("denoiser-tiny"))
     ar, _ = checkpoint.load_model(bundled("ar-tiny"))
-    return denoiser, AREnergy(ar, denoiser.mask_id)
+    return denoiser, AREnergy(ar, denoiser.mask_id, carry_over=True)
 
 
 def test_grid_runs_mdlm_once_per_step_count():

