@@ -44,6 +44,19 @@ def test_sample_defaults_to_the_bundled_denoiser(capsys):
     assert "--- stats" in capsys.readouterr().out
 
 
+def test_sample_prints_the_importance_sampling_stats(capsys):
+    ar = f"ar:{checkpoint.bundled('ar-tiny')}"
+    args = ["sample", "--steps", "4", "--num", "2", "--length", "32", "--energy", ar, "--k", "3"]
+    assert main(args + ["--final", "sample"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("--- stats "))
+    stats = json.loads(line[len("--- stats ") :])
+    assert stats["final"] == "sample" and stats["is_steps"] > 0
+    assert 1.0 <= stats["mean_ess"] <= 3.0 and stats["mean_sd_log_w"] > 0
+    assert stats["mean_energy_gain"] is not None
+    with pytest.raises(SystemExit, match="edlm sample: argument --final: invalid choice: 'max'"):
+        main(args + ["--final", "max"])
+
+
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

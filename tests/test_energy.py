@@ -183,6 +183,8 @@ def test_sample_command(runs, tmp_path, capsys, energy):
     stats = rows[2]["stats"]
     assert stats["method"] == ("EDLM" if energy else "MDLM")
     assert (stats["is_steps"] > 0) == bool(energy)
+    for name in ("mean_ess", "mean_sd_log_w", "mean_energy_gain"):
+        assert (stats[name] is not None) == bool(energy), (name, stats)
 
 
 @pytest.mark.slow  # trains three models (module fixture)

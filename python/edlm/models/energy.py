@@ -7,7 +7,10 @@
 - `EnergyModel`: the learned NCE energy, a bidirectional transformer initialized from the
   denoiser; its `loss` is NCE against the frozen denoiser's own samples.
 
-Both follow the sampler's protocol: energy(x0 [N, L], xt [N, L], t [N], proposal_logp [N]) -> [N].
+Both follow the sampler's protocol: energy(x0 [N, L], xt [N, L], t [N], proposal_logp [N]) -> [N],
+with proposal_logp = log mu(x0 | xt) of the untempered denoiser over the masked positions; both
+are defined relative to mu (target mu exp(-E) / Z), and `edlm.sample` corrects its weights by
+log mu - log q_tau when it draws candidates from a tempered proposal q_tau.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ class EnergyModel(nn.Module):
     """forward(x0, xt, t) -> E [N]: a linear map of concat(embed(xt), embed(x0)), the denoiser's
     transformer blocks (adaLN on the noise level when time-conditioned), a final norm, mean
     pooling over positions and a two-layer head. The head's last layer starts at zero, so a fresh
-    energy is 0 everywhere (EDLM = MDLM)."""
+    energy is 0 everywhere (EDLM = MDLM). Its target is mu exp(-E) / Z with mu the denoiser it
+    was trained against (Z estimated by the likelihood code), whatever the sampling temperature."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
