@@ -23,7 +23,7 @@ _MDLM = {}
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    return Denoiser(CFG).eval(), AREnergy(ARModel(CFG).eval(), MASK)
+    return Denoiser(CFG).eval(), AREnergy(ARModel(CFG).eval(), MASK, carry_over=True)
 
 
 def run(models, k, window, seed=0):

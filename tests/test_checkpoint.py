@@ -36,9 +36,13 @@ def test_load_model_refuses_the_wrong_kind():
 
 
 def test_load_energy_specs():
+    # ar: is the whole-sequence energy (the AR conditional); ar-carry: the carry-over one (Z = 1);
+    # ar-full: is the old name of ar:.
     ar = load_energy(f"ar:{bundled('ar-tiny')}", mask_id=27, vocab_size=28)
-    full = load_energy(f"ar-full:{bundled('ar-tiny')}", mask_id=27, vocab_size=28)
-    assert ar.self_normalized and not full.self_normalized
+    carry = load_energy(f"ar-carry:{bundled('ar-tiny')}", mask_id=27, vocab_size=28)
+    old = load_energy(f"ar-full:{bundled('ar-tiny')}", mask_id=27, vocab_size=28)
+    assert not ar.carry_over and not ar.self_normalized and not old.carry_over
+    assert carry.carry_over and carry.self_normalized
     nce = load_energy(f"nce:{bundled('energy-tiny')}", mask_id=27, vocab_size=28)
     assert not getattr(nce, "self_normalized", False) and not nce.training
     with pytest.raises(ValueError, match="KIND:PATH"):

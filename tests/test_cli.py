@@ -44,6 +44,19 @@ def test_sample_defaults_to_the_bundled_denoiser(capsys):
     assert "--- stats" in capsys.readouterr().out
 
 
+def test_sample_prints_the_importance_sampling_stats(capsys):
+    ar = f"ar:{checkpoint.bundled('ar-tiny')}"
+    args = ["sample", "--steps", "4", "--num", "2", "--length", "32", "--energy", ar, "--k", "3"]
+    assert main(args + ["--final", "sample"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("--- stats "))
+    stats = json.loads(line[len("--- stats ") :])
+    assert stats["final"] == "sample" and stats["is_steps"] > 0
+    assert 1.0 <= stats["mean_ess"] <= 3.0 and stats["mean_sd_log_w"] > 0
+    assert stats["mean_energy_gain"] is not None
+    with pytest.raises(SystemExit, match="edlm sample: argument --final: invalid choice: 'max'"):
+        main(args + ["--final", "max"])
+
+
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -87,10 +100,12 @@ def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
         row = next(line for line in lines if line.startswith(label))
         assert row.split()[len(label.split())] == "<=", row  # every row here is a bound
     assert not any("paper" in line for line in lines[:-1])
-    assert main(["eval", *common, "--energy", f"ar:{tmp_path / 'ar'}", "--bound", "paper"]) == 0
+    carry = f"ar-carry:{tmp_path / 'ar'}"
+    assert main(["eval", *common, "--energy", carry, "--bound", "paper"]) == 0
     lines = capsys.readouterr().out.splitlines()
     paper = [line for line in lines if line.startswith("EDLM paper formula")]
     assert paper and not any("<=" in line for line in paper)  # never printed as a bound
+    assert paper[0].startswith("EDLM paper formula (Z = 1)")  # carry-over: Z = 1, no draws
     assert main(["eval", *common, "--energy", f"ar:{tmp_path / 'ar'}", "--bound", "infinite"]) == 0
     assert "EDLM k=inf, 4 steps" in capsys.readouterr().out
     # A fresh NCE energy is 0 everywhere: EDLM's bound is MDLM's, and so is the paper's formula.

@@ -146,7 +146,7 @@ def test_hugging_face_causal_lm_as_ar_energy(tmp_path):
         ).logits.log_softmax(-1)
     cond = ref.gather(-1, x0[..., None])[..., 0]
     lp = torch.randn(3)
-    e = AREnergy(hf, 27)(x0, xt, torch.ones(3), lp)
+    e = AREnergy(hf, 27, carry_over=True)(x0, xt, torch.ones(3), lp)
     torch.testing.assert_close(e, -(cond * (xt == 27)).sum(-1) + lp, rtol=1e-5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="Hugging Face model folder not found"):
         checkpoint.load_hf_causal_lm(tmp_path / "nope")
@@ -183,6 +183,8 @@ def test_sample_command(runs, tmp_path, capsys, energy):
     stats = rows[2]["stats"]
     assert stats["method"] == ("EDLM" if energy else "MDLM")
     assert (stats["is_steps"] > 0) == bool(energy)
+    for name in ("mean_ess", "mean_sd_log_w", "mean_energy_gain"):
+        assert (stats[name] is not None) == bool(energy), (name, stats)
 
 
 @pytest.mark.slow  # trains three models (module fixture)
@@ -191,7 +193,7 @@ def test_sample_command_errors(runs):
         main(["sample", "--denoiser", str(runs / "missing")])
     with pytest.raises(
         SystemExit,
-        match="--energy must be KIND:PATH with KIND in ar, ar-full, nce, hf, hf-full, got .xx.",
+        match="--energy must be KIND:PATH with KIND in ar, ar-carry, nce, hf, hf-carry, got .xx.",
     ):
         main(["sample", "--denoiser", str(runs / "den"), "--energy", "xx"])
     with pytest.raises(SystemExit, match="holds a 'denoiser' model, not 'ar'"):

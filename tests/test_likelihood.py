@@ -115,7 +115,9 @@ def test_carry_over_ar_energy_has_z_one(pattern):
     den, ar, xt = ToyDenoiser(), ToyAR(), torch.tensor(pattern)
     mu = den.proposal(xt)
     consistent = mu > 0
-    e = AREnergy(ar, MASK)(SEQS, xt.expand(81, L), torch.ones(81), torch.log(mu).float()).double()
+    e = AREnergy(ar, MASK, carry_over=True)(
+        SEQS, xt.expand(81, L), torch.ones(81), torch.log(mu).float()
+    ).double()
     assert torch.where(consistent, mu * torch.exp(-e), 0.0).sum().item() == pytest.approx(
         1.0, abs=1e-6
     )
@@ -215,7 +217,7 @@ def test_paper_estimate_with_carry_over_ar_energy_is_the_ar_nll():
     ar = ToyAR()
     out = paper_estimate(
         ToyDenoiser(),
-        AREnergy(ar, MASK),
+        AREnergy(ar, MASK, carry_over=True),
         replicate(seqs, copies),
         num_t=4,
         num_is=2,
@@ -265,7 +267,7 @@ def test_evaluate_likelihood_on_a_toy_tensor_dataset():
         num_sequences=8,
         num_t=2,
         batch_size=16,
-        energy=AREnergy(ToyAR(), MASK),
+        energy=AREnergy(ToyAR(), MASK, carry_over=True),
         generator=torch.Generator().manual_seed(0),
     )
     assert ar["log_z"].startswith("exact") and ar["paper_t_per_token"] == ar["paper_u_per_token"]

@@ -30,7 +30,7 @@ from edlm.sweep import (
 def models():
     denoiser, _ = checkpoint.load_model(bundled("denoiser-tiny"))
     ar, _ = checkpoint.load_model(bundled("ar-tiny"))
-    return denoiser, AREnergy(ar, denoiser.mask_id)
+    return denoiser, AREnergy(ar, denoiser.mask_id, carry_over=True)
 
 
 def test_grid_runs_mdlm_once_per_step_count():
@@ -73,6 +73,8 @@ def test_run_sweep_measures_each_cell(models, tmp_path):
         assert math.isnan(mdlm["gen_ppl"]) and mdlm["seconds_per_sample"] > 0
         edlm = by["EDLM-AR", n, 3]
         assert edlm["energy_calls"] == edlm["is_steps"] > 0 and 1.0 <= edlm["mean_ess"] <= 3.0
+        assert edlm["mean_sd_log_w"] > 0 and math.isfinite(edlm["mean_energy_gain"])
+        assert math.isnan(mdlm["mean_sd_log_w"]) and math.isnan(mdlm["mean_energy_gain"])
     # one JSONL record per sample per cell; with k = 1 EDLM is MDLM draw for draw (same seed)
     recs = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(recs) == 6 * 3
@@ -114,6 +116,8 @@ def _row(method, steps, ppl, seconds, k=1, window=0.0):
         "energy_calls": 0,
         "is_steps": 0,
         "mean_ess": math.nan,
+        "mean_sd_log_w": math.nan,
+        "mean_energy_gain": math.nan,
         "seconds_per_sample": seconds,
     }
 

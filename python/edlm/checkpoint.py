@@ -255,19 +255,23 @@ def export_fp16(run, dest) -> dict:
 
 # --- energies and outside models ----------------------------------------------------------------
 
-ENERGY_KINDS = ("ar", "ar-full", "nce", "hf", "hf-full")
+ENERGY_KINDS = ("ar", "ar-carry", "nce", "hf", "hf-carry")
+ALIASES = {"ar-full": "ar", "hf-full": "hf"}  # the whole-sequence specs' names before issue 11
 
 
 def load_energy(spec: str, *, mask_id: int, vocab_size: int, device="cpu"):
-    """An energy from a command-line spec: `ar:CKPT` / `ar-full:CKPT` (our AR model, carry-over or
-    whole sequence), `nce:CKPT` (a trained NCE energy), `hf:PATH` / `hf-full:PATH` (a local Hugging
-    Face causal LM with the same tokenizer)."""
+    """An energy from a command-line spec: `ar:CKPT` (our AR model, whole sequence: the target is
+    the AR conditional), `ar-carry:CKPT` (carry-over: Z = 1, the target is not the AR
+    conditional; see `AREnergy`), `nce:CKPT` (a trained NCE energy), `hf:PATH` / `hf-carry:PATH`
+    (a local Hugging Face causal LM with the same tokenizer, whole sequence or carry-over).
+    `ar-full:` and `hf-full:` are accepted as the old names of `ar:` and `hf:`."""
     kind, sep, path = str(spec).partition(":")
+    kind = ALIASES.get(kind, kind)
     if not sep or kind not in ENERGY_KINDS or not path:
         raise ValueError(
             f"--energy must be KIND:PATH with KIND in {', '.join(ENERGY_KINDS)}, got {spec!r}"
         )
-    carry_over = not kind.endswith("-full")
+    carry_over = kind.endswith("-carry")
     if kind.startswith("hf"):
         return AREnergy(load_hf_causal_lm(path, device), mask_id, carry_over=carry_over)
     expected = "ar" if kind.startswith("ar") else "energy"

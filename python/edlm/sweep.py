@@ -1,7 +1,9 @@
 """The sweep behind `edlm sweep` and `edlm demo`: sampling steps x methods (MDLM, EDLM with any
 energies; k and window as lists), each cell measured (generative perplexity and bits per character
-under a judge, unigram entropy, distinct-n, calls, ESS, seconds), as rows for a CSV and a PNG of
-quality against steps and against wall-clock seconds per sample (EDLM.md section 5).
+under a judge, unigram entropy, distinct-n, calls, seconds, and the means over importance-sampling
+steps of the ESS, the standard deviation of log w and the chosen candidate's energy gain), as rows
+for a CSV and a PNG of quality against steps and against wall-clock seconds per sample (EDLM.md
+section 5).
 
 Every cell of the grid samples with the same seed (common random numbers across cells), times
 only the sampling (the first cell is preceded by an untimed warm-up call), and is scored by the
@@ -39,6 +41,8 @@ FIELDS = [
     "energy_calls",
     "is_steps",
     "mean_ess",
+    "mean_sd_log_w",
+    "mean_energy_gain",
     "seconds_per_sample",
 ]
 
@@ -133,7 +137,8 @@ def run_sweep(
     for method, n, k, w in bar:
         bar.set_postfix_str(f"{method.name} steps={n} k={k} window={w:g}")
         generator = torch.Generator(device=device).manual_seed(seed)
-        ids, calls, ecalls, is_steps, ess, seconds = [], 0, 0, 0, [], 0.0
+        ids, calls, ecalls, is_steps, seconds = [], 0, 0, 0, 0.0
+        per_step = {"ess": [], "sd_log_w": [], "energy_gain": []}
         for start in range(0, num_samples, batch_size):
             rows = min(batch_size, num_samples - start)
             t0 = time.perf_counter()
@@ -145,8 +150,9 @@ def run_sweep(
             calls += stats["network_calls"]
             ecalls += stats["energy_calls"]
             is_steps += stats["is_steps"]
-            if stats["ess"].numel():
-                ess.append(stats["ess"].float().flatten().cpu())
+            for name, values in per_step.items():
+                if stats[name].numel():
+                    values.append(stats[name].float().flatten().cpu())
         texts = [decode(r) for r in ids] if decode is not None else None
         scores = judge_scores(texts, judge) if judge is not None else {}
         row = {
@@ -164,7 +170,9 @@ def run_sweep(
             "denoiser_calls": calls,
             "energy_calls": ecalls,
             "is_steps": is_steps,
-            "mean_ess": float(torch.cat(ess).mean()) if ess else math.nan,
+            "mean_ess": _mean(per_step["ess"]),
+            "mean_sd_log_w": _mean(per_step["sd_log_w"]),
+            "mean_energy_gain": _mean(per_step["energy_gain"]),
             "seconds_per_sample": seconds / num_samples,
             "texts": texts,
         }
@@ -184,6 +192,10 @@ def run_sweep(
                 rec["tokens"] = r
                 samples_out.write(json.dumps(rec) + "\n")
     return results
+
+
+def _mean(values: list[torch.Tensor]) -> float:
+    return float(torch.cat(values).mean()) if values else math.nan
 
 
 def write_csv(rows: list[dict], path) -> None:

@@ -1,11 +1,16 @@
 """Residual energies of EDLM (Xu et al. 2025; EDLM.md section 2), lower = more likely:
 
 - `AREnergy`: E = -log p_AR(x0) + log mu(x0 | xt) from any causal LM with the same tokenizer (ours
-  or a Hugging Face model from a local path); no training.
+  or a Hugging Face model from a local path); no training. Whole sequence (`ar:`, the paper's
+  equation: the target is the AR conditional) or carry-over (`ar-carry:`, the public code's: Z = 1,
+  but not the AR conditional).
 - `EnergyModel`: the learned NCE energy, a bidirectional transformer initialized from the
   denoiser; its `loss` is NCE against the frozen denoiser's own samples.
 
-Both follow the sampler's protocol: energy(x0 [N, L], xt [N, L], t [N], proposal_logp [N]) -> [N].
+Both follow the sampler's protocol: energy(x0 [N, L], xt [N, L], t [N], proposal_logp [N]) -> [N],
+with proposal_logp = log mu(x0 | xt) of the untempered denoiser over the masked positions; both
+are defined relative to mu (target mu exp(-E) / Z), and `edlm.sample` corrects its weights by
+log mu - log q_tau when it draws candidates from a tempered proposal q_tau.
 """
 
 from __future__ import annotations
@@ -22,22 +27,32 @@ from .transformer import Block, EmbeddingLayer, LayerNorm, TimestepEmbedder, rot
 
 
 class AREnergy:
-    """E(x0, xt) = -log p_AR(x0) + proposal_logp, with `proposal_logp` = log mu(x0 | xt).
+    """E(x0, xt) = -log p_AR(x0) + proposal_logp, with `proposal_logp` = log mu(x0 | xt) over the
+    positions masked in xt (what `edlm.sample` and the likelihood estimators pass), so that the
+    target mu exp(-E) / Z is an AR distribution whatever the denoiser.
 
-    carry_over=True (default, as the public code): the AR log-likelihood sums only over the
-    positions masked in xt, like the proposal's, so the target prod_{l masked} p_AR(x_l | x_<l)
-    is self-normalized (Z = 1). carry_over=False: the AR log-likelihood of the whole sequence,
-    so the target is the AR joint restricted to sequences that agree with xt.
-    `ar` maps x [N, L] to logits [N, L, V'] scoring x[:, l] given x[:, :l].
+    carry_over=False (whole sequence; the `ar:` / `hf:` specs, the paper's equation): log p_AR
+    sums over every position, so mu exp(-E) = p_AR(x0) on the sequences that agree with xt and the
+    target is the AR conditional p_AR(x_masked | x_revealed). Z(xt) = p_AR(x_revealed) (the AR
+    marginal of the revealed tokens), not 1: the likelihood estimators draw log Z.
+    carry_over=True (the `ar-carry:` / `hf-carry:` specs, the public code's default): log p_AR sums
+    only over the masked positions, so the target is prod_{l masked} p_AR(x_l | x_<l), which is
+    normalized (Z = 1 exactly, `self_normalized`) but is NOT the AR conditional: it drops the
+    factors p_AR(x_l | x_<l) of the revealed tokens to the right of masked ones (the two agree
+    only when every revealed token lies left of every masked one, as with a prefix prompt). On the
+    exact toy of the tests the sampler with it stays 0.15-0.22 in total variation from p_AR at 2-4
+    steps even with infinitely many candidates (EDLM.md section 2).
+    The default is the whole sequence, as for the specs. `ar` maps x [N, L] to logits [N, L, V']
+    scoring x[:, l] given x[:, :l].
     """
 
-    def __init__(self, ar, mask_id: int, *, carry_over: bool = True):
+    def __init__(self, ar, mask_id: int, *, carry_over: bool = False):
         self.ar, self.mask_id, self.carry_over = ar, mask_id, carry_over
 
     @property
     def self_normalized(self) -> bool:
-        """Z(xt) = 1 exactly: with carry-over the target is a normalized AR conditional (the
-        likelihood estimators then need no log Z draws)."""
+        """Z(xt) = 1 exactly: true for carry-over, whose target prod_{l masked} p_AR(x_l | x_<l)
+        is normalized (the likelihood estimators then need no log Z draws)."""
         return self.carry_over
 
     def log_p_ar(self, x0: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -66,7 +81,8 @@ class EnergyModel(nn.Module):
     """forward(x0, xt, t) -> E [N]: a linear map of concat(embed(xt), embed(x0)), the denoiser's
     transformer blocks (adaLN on the noise level when time-conditioned), a final norm, mean
     pooling over positions and a two-layer head. The head's last layer starts at zero, so a fresh
-    energy is 0 everywhere (EDLM = MDLM)."""
+    energy is 0 everywhere (EDLM = MDLM). Its target is mu exp(-E) / Z with mu the denoiser it
+    was trained against (Z estimated by the likelihood code), whatever the sampling temperature."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
