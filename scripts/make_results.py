@@ -361,7 +361,7 @@ def main() -> int:
     bk = (
         dict(steps=[2, 4], num_sequences=4, num_completions=2, k=2)
         if q
-        else dict(steps=[16, 64], num_sequences=32, num_completions=8, k=4)
+        else dict(steps=[16, 64], num_sequences=16, num_completions=4, k=4)
     )
     if args.only_bounds or not args.render_only:
         print("bounds of the T-step sampler ...", flush=True)
@@ -486,6 +486,7 @@ def main() -> int:
                 "machine": machine(),
                 "seed": args.seed,
                 "date": datetime.date.today().isoformat(),
+                "ar_energy": "whole sequence (ar:)",
             },
             indent=2,
         )
@@ -627,6 +628,16 @@ def render(
     L += [
         "",
         "## Generation at equal steps",
+        "",
+        (
+            "EDLM-AR in this and the next sections uses the AR energy in its "
+            + json.loads((out / "run.json").read_text()).get(
+                "ar_energy",
+                "carry-over form (these runs predate the switch of `ar:` to the whole-sequence energy; "
+                "the carry-over one is now `ar-carry:`, and `make results` will rerun them with `ar:`)",
+            )
+            + "."
+        ),
         "",
         (
             f"`edlm sweep` with {num} samples of {cfg.model_config.length} characters per point, batches of 32, "
