@@ -32,7 +32,7 @@ import math
 import torch
 
 from . import ops, schedule
-from .likelihood import check_eval, log_z_estimates, summarize
+from .likelihood import check_inputs, log_z_estimates, summarize
 
 __all__ = ["BOUNDS", "evaluate_bound", "sampler_bound"]
 
@@ -70,8 +70,6 @@ def sampler_bound(
     (K = infinity; num_completions draws shared between N_S and Z, at least 2). The energy follows
     the sampler's protocol; a `self_normalized` energy (Z = 1) needs no log Z draws. The bound is
     for the sampler at temperature 1 and energy_temperature 1."""
-    if x.dim() != 2 or x.dtype != torch.int64:
-        raise ValueError(f"sampler_bound: x must be int64 [B, L], got {x.dtype} {list(x.shape)}")
     if bound not in BOUNDS:
         raise ValueError(f"sampler_bound: bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
     if num_candidates < 1 or num_completions < 1:
@@ -85,12 +83,7 @@ def sampler_bound(
         )
     if not 0.0 <= window <= 1.0:
         raise ValueError(f"sampler_bound: window must be in [0, 1], got {window}")
-    mask_id = denoiser.mask_id
-    if bool((x == mask_id).any()):  # sync point (evaluation only)
-        raise ValueError(f"sampler_bound: the data contains the mask id {mask_id}")
-    check_eval(denoiser, "denoiser")
-    if energy is not None:
-        check_eval(energy, "energy")
+    mask_id = check_inputs("sampler_bound", denoiser, energy, x)
     B, L = x.shape
     device = x.device
     K, m = num_candidates, num_completions

@@ -70,6 +70,20 @@ def _z_is_one(energy) -> bool:
 # --- the estimators ---------------------------------------------------------------------------
 
 
+def check_inputs(op: str, denoiser, energy, x: torch.Tensor) -> int:
+    """The checks every estimator makes (x int64 [B, L] without the mask id, models in eval
+    mode); returns the mask id."""
+    if x.dim() != 2 or x.dtype != torch.int64:
+        raise ValueError(f"{op}: x must be int64 [B, L], got {x.dtype} {list(x.shape)}")
+    mask_id = denoiser.mask_id
+    if bool((x == mask_id).any()):  # sync point (evaluation only)
+        raise ValueError(f"{op}: the data contains the mask id {mask_id}")
+    check_eval(denoiser, "denoiser")
+    if energy is not None:
+        check_eval(energy, "energy")
+    return mask_id
+
+
 def check_eval(model, what: str) -> None:
     for m in (model, getattr(model, "ar", None)):
         if isinstance(m, torch.nn.Module) and m.training:
@@ -95,16 +109,9 @@ def _in_chunks(fn, n: int, size: int):
 
 
 def _terms(denoiser, x, num_t, energy, num_is, batch_size, generator) -> dict:
-    if x.dim() != 2 or x.dtype != torch.int64:
-        raise ValueError(f"nelbo: x must be int64 [B, L], got {x.dtype} {list(x.shape)}")
     if num_t < 1:
         raise ValueError(f"nelbo: num_t must be >= 1, got {num_t}")
-    mask_id = denoiser.mask_id
-    if bool((x == mask_id).any()):  # sync point (evaluation only)
-        raise ValueError(f"nelbo: the data contains the mask id {mask_id}")
-    check_eval(denoiser, "denoiser")
-    if energy is not None:
-        check_eval(energy, "energy")
+    mask_id = check_inputs("nelbo", denoiser, energy, x)
     B, L = x.shape
     x0, xt, t, masked = _rows(denoiser, x, num_t, generator)
     R = x0.shape[0]
