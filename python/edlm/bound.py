@@ -32,7 +32,7 @@ import math
 import torch
 
 from . import ops, schedule
-from .likelihood import check_inputs, log_z_estimates, summarize
+from .likelihood import check_inputs, in_chunks, log_z_estimates, summarize
 
 __all__ = ["BOUNDS", "evaluate_bound", "sampler_bound"]
 
@@ -41,12 +41,8 @@ BOUNDS = ("sir", "infinite")
 
 def _energy(energy, x0, xt, t, proposal_logp, size: int) -> torch.Tensor:
     """E for rows [N, L] in chunks of `size`, float64 [N]."""
-    n = x0.shape[0]
-    parts = [
-        energy(x0[a : a + size], xt[a : a + size], t[a : a + size], proposal_logp[a : a + size])
-        for a in range(0, n, size)
-    ]
-    return torch.cat(parts).double()
+    fn = lambda s: energy(x0[s], xt[s], t[s], proposal_logp[s])
+    return in_chunks(fn, x0.shape[0], size).double()
 
 
 def sampler_bound(

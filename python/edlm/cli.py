@@ -99,11 +99,13 @@ def _prompt(tok, text: str, rows: int, length: int, mask_id: int) -> torch.Tenso
     return prompt
 
 
-def _judge(spec: str, device):
-    """(judge or None, the line saying which)."""
+def _judge(spec: str, device, announce: bool = False):
+    """(judge or None, the line saying which); `announce` prints the line before loading."""
     judge_spec, line = resolve_judge(spec)
     if not judge_spec:
         return None, line
+    if announce:
+        print(f"loading the {line} ...", flush=True)
     try:
         return load_judge(judge_spec, device=device), line
     except (ImportError, OSError, ValueError) as e:
@@ -191,7 +193,6 @@ def cmd_train(argv: list[str]) -> int:
         out=args.out or f"runs/{args.model}-{args.preset}",
     )
     config_mod.apply_overrides(cfg, _overrides(rest))
-    cfg.check()
     metrics = train(cfg, resume=args.resume, progress=not args.no_progress)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return 0
@@ -575,10 +576,7 @@ def cmd_demo(argv: list[str]) -> int:
         f"edlm demo: tiny models trained on Austen's novels (characters, L = {L}), {args.steps} steps, "
         f"{args.num} samples each, seed {args.seed}\n"
     )
-    judge_spec, judge_line = resolve_judge(args.judge)
-    if judge_spec:
-        print(f"loading the {judge_line} ...", flush=True)
-    judge, _ = _judge(args.judge, device)
+    judge, judge_line = _judge(args.judge, device, announce=True)
     rows = run_sweep(
         denoiser,
         methods,

@@ -104,7 +104,8 @@ def _rows(denoiser, x, num_t, generator):
     return x0, xt, t, masked
 
 
-def _in_chunks(fn, n: int, size: int):
+def in_chunks(fn, n: int, size: int):
+    """torch.cat of fn(slice) over [0, n) in slices of `size` rows (bounds every network call)."""
     return torch.cat([fn(slice(i, min(i + size, n))) for i in range(0, n, size)])
 
 
@@ -136,12 +137,12 @@ def _terms(denoiser, x, num_t, energy, num_is, batch_size, generator) -> dict:
             xt[sl].repeat_interleave(n, 0),
             t[sl].repeat_interleave(n),
         )
-        e_prop = _in_chunks(lambda s: energy(cand[s], xt_n[s], t_n[s], prop_logp[s]), r * n, size)
+        e_prop = in_chunks(lambda s: energy(cand[s], xt_n[s], t_n[s], prop_logp[s]), r * n, size)
         lo, hi = log_z_estimates(e_prop.view(r, n))
         return torch.stack([nll, nll + e_data + lo, nll + e_data + hi], 1)
 
     with torch.no_grad():
-        terms = _in_chunks(chunk, R, size)  # [R, 1 or 3]
+        terms = in_chunks(chunk, R, size)  # [R, 1 or 3]
     # A row with nothing masked has p(x0 | xt) = 1: its term is 0 exactly (the estimators agree
     # there only up to rounding, since every proposal draw is x0 itself).
     terms = torch.where(masked.any(-1, keepdim=True), terms, 0.0)

@@ -198,9 +198,7 @@ def resolve_model_config(
         return dataclasses.replace(mc, **data)
     for name, value in data.items():
         theirs = getattr(init, name)
-        if (name != "tokenizer" and theirs != value) or (
-            name == "tokenizer" and theirs and theirs != value
-        ):
+        if theirs != value and (theirs or name != "tokenizer"):  # older checkpoints: no tokenizer
             raise ConfigError(
                 f"init_from {cfg.init_from} has {name} = {theirs}, the data ({cfg.data}) {value}: "
                 f"they must agree"
