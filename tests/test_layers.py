@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "python" / "edlm"
 
 LAYERS = [
-    {"ops", "reference", "schedule", "config", "tokenizer", "_C"},
+    {"ops", "reference", "schedule", "config", "tokenizer", "oracle", "_C"},
     {"models", "prepare", "corpora", "data"},
     {"checkpoint"},
     {"sampling", "likelihood", "bound", "judge", "train"},

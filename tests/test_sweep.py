@@ -112,6 +112,11 @@ def _row(method, steps, ppl, seconds, k=1, window=0.0):
         "entropy": 4.0,
         "distinct_2": 0.5,
         "distinct_3": 0.8,
+        "oracle_bpc": 2.7,
+        "oracle_bpc_se": 0.01,
+        "oracle_gap": 0.1,
+        "unigram_entropy": 4.1,
+        "bigram_entropy": 7.4,
         "denoiser_calls": steps,
         "energy_calls": 0,
         "is_steps": 0,
@@ -228,3 +233,43 @@ def test_sweep_command_bad_input(argv, message, tmp_path):
                 *argv,
             ]
         )
+
+
+def test_oracle_suite_with_the_exact_denoiser(tmp_path, capsys):
+    """`edlm sweep --suite oracle --denoiser oracle`: every sample scored exactly; the exact
+    samples' row scores the source's entropy within its error; the table names H."""
+    out = tmp_path / "o"
+    code = main(
+        [
+            "sweep",
+            "--suite",
+            "oracle",
+            "--denoiser",
+            "oracle",
+            "--methods",
+            "mdlm,edlm-oracle,exact",
+            "--steps",
+            "2",
+            "--k",
+            "2",
+            "--num",
+            "4",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "entropy rate H = 2.5961" in text and "no judge" in text
+    rows = {(r["method"], r["steps"]): r for r in read_csv(out / "sweep.csv")}
+    assert set(rows) == {("MDLM", 2), ("EDLM-oracle", 2), ("exact", 256)}
+    exact = rows[("exact", 256)]
+    assert abs(exact["oracle_gap"]) < 4 * exact["oracle_bpc_se"]
+    # two steps of a factorized sampler are far worse than the source
+    assert rows[("MDLM", 2)]["oracle_gap"] > 0.5
+    for r in rows.values():
+        assert r["oracle_bpc_se"] > 0 and 3.5 < r["unigram_entropy"] < 4.7
+        assert math.isnan(r["gen_ppl"])

@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save_file
 
 from . import config as config_mod
 from .config import ModelConfig
-from .corpora import dataset_tokenizer
+from .corpora import austen_oracle, dataset_tokenizer
 from .models import KINDS, AREnergy, Denoiser, HFCausalLM, build
-from .tokenizer import load_tokenizer
+from .oracle import MarkovSource, SourceEnergy
+from .tokenizer import CharTokenizer, load_tokenizer
 
 LATEST = "latest"
 KEEP = 2  # complete checkpoints kept in a run directory
@@ -220,11 +221,20 @@ def tokenizer_of(cfg):
 
 # --- checkpoints shipped in the package ---------------------------------------------------------
 
-BUNDLED = ("denoiser-tiny", "ar-tiny", "energy-tiny")
+BUNDLED = (
+    "denoiser-tiny",
+    "ar-tiny",
+    "energy-tiny",
+    "denoiser-oracle",
+    "ar-oracle",
+    "energy-oracle",
+)
 
 
 def bundled(name: str) -> Path:
-    """The folder of a checkpoint shipped in the package (denoiser-tiny, ar-tiny, energy-tiny)."""
+    """The folder of a checkpoint shipped in the package: denoiser-tiny, ar-tiny, energy-tiny
+    (Austen's novels, characters) and denoiser-oracle, ar-oracle, energy-oracle (samples of the
+    austen-oracle Markov source)."""
     if name not in BUNDLED:
         raise ValueError(f"no bundled checkpoint {name!r}; bundled: {', '.join(BUNDLED)}")
     return Path(str(resources.files("edlm") / "checkpoints" / name))
@@ -255,7 +265,7 @@ def export_fp16(run, dest) -> dict:
 
 # --- energies and outside models ----------------------------------------------------------------
 
-ENERGY_KINDS = ("ar", "ar-carry", "nce", "hf", "hf-carry")
+ENERGY_KINDS = ("ar", "ar-carry", "nce", "hf", "hf-carry", "oracle")
 ALIASES = {"ar-full": "ar", "hf-full": "hf"}  # the whole-sequence specs' names before issue 11
 
 
@@ -263,10 +273,20 @@ def load_energy(spec: str, *, mask_id: int, vocab_size: int, device="cpu"):
     """An energy from a command-line spec: `ar:CKPT` (our AR model, whole sequence: the target is
     the AR conditional), `ar-carry:CKPT` (carry-over: Z = 1, the target is not the AR
     conditional; see `AREnergy`), `nce:CKPT` (a trained NCE energy), `hf:PATH` / `hf-carry:PATH`
-    (a local Hugging Face causal LM with the same tokenizer, whole sequence or carry-over).
+    (a local Hugging Face causal LM with the same tokenizer, whole sequence or carry-over),
+    `oracle:` (the austen-oracle Markov source itself, `SourceEnergy`: a perfect energy for the
+    oracle suite; `oracle:PATH` a source saved with `MarkovSource.save`).
     `ar-full:` and `hf-full:` are accepted as the old names of `ar:` and `hf:`."""
     kind, sep, path = str(spec).partition(":")
     kind = ALIASES.get(kind, kind)
+    if kind == "oracle" and sep:
+        if vocab_size != CharTokenizer.vocab_size or mask_id != CharTokenizer.mask_id:
+            raise ValueError(
+                f"--energy {spec}: the oracle source is over the 27 text8 characters (char "
+                f"tokenizer, vocabulary 28, mask 27), not a vocabulary of {vocab_size}"
+            )
+        source = MarkovSource.load(Path(path).expanduser()) if path else austen_oracle()
+        return SourceEnergy(source)
     if not sep or kind not in ENERGY_KINDS or not path:
         raise ValueError(
             f"--energy must be KIND:PATH with KIND in {', '.join(ENERGY_KINDS)}, got {spec!r}"

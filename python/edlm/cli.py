@@ -29,12 +29,14 @@ from . import config as config_mod
 from .bound import evaluate_bound
 from .checkpoint import bundled, load_energy, load_model, tokenizer_of
 from .config import resolve_device
-from .corpora import NAMED_DATASETS, eval_split
+from .corpora import NAMED_DATASETS, austen_oracle, eval_split
 from .data import load_dataset
 from .judge import load_judge, resolve_judge
 from .likelihood import evaluate_likelihood
+from .oracle import OracleDenoiser
 from .sampling import FINALS, sample
 from .sweep import Method, grid, plot, run_sweep, series, write_csv
+from .tokenizer import CharTokenizer
 from .train import train
 
 
@@ -437,47 +439,126 @@ def cmd_eval(argv: list[str]) -> int:
 
 # --- sweep and demo -----------------------------------------------------------------------------
 
-LABELS = {"mdlm": "MDLM", "edlm-ar": "EDLM-AR", "edlm-nce": "EDLM-NCE"}
+LABELS = {
+    "mdlm": "MDLM",
+    "edlm-ar": "EDLM-AR",
+    "edlm-ar-carry": "EDLM-AR-carry",
+    "edlm-nce": "EDLM-NCE",
+    "edlm-oracle": "EDLM-oracle",
+    "ar": "AR",
+    "exact": "exact",
+}
+ORACLE_LENGTH = 256  # characters per sequence of the austen-oracle models (its block size)
+# The suites of `edlm sweep`: the bundled models, the methods run by default, and whether a judge
+# scores them by default (the oracle suite scores every sample exactly instead).
+SUITES = {
+    "austen": {
+        "denoiser": "denoiser-tiny",
+        "ar": "ar-tiny",
+        "nce": "energy-tiny",
+        "methods": "mdlm,edlm-ar,edlm-nce",
+        "steps": "8,16,32,64,128",
+    },
+    "oracle": {
+        "denoiser": "denoiser-oracle",
+        "ar": "ar-oracle",
+        "nce": "energy-oracle",
+        "methods": "mdlm,edlm-ar,edlm-nce,edlm-oracle,ar,exact",
+        "steps": "4,16,64,256",
+    },
+}
 
 
-def _methods(wanted, specs: dict, denoiser, device) -> list[Method]:
-    vocab = denoiser.cfg.vocab_size
-    return [
-        Method(
-            LABELS[m],
-            None
-            if m == "mdlm"
-            else load_energy(specs[m], mask_id=denoiser.mask_id, vocab_size=vocab, device=device),
-        )
-        for m in wanted
-    ]
+def _denoiser(spec, suite: str, device):
+    """(denoiser, config or None, vocabulary size, length) for --denoiser: a checkpoint, the
+    suite's bundled one, or `oracle` (the exact denoiser of the austen-oracle source)."""
+    if spec == "oracle":
+        return OracleDenoiser(austen_oracle(), ORACLE_LENGTH).to(device), None, 28, ORACLE_LENGTH
+    denoiser, cfg = _load(
+        spec or bundled(SUITES[suite]["denoiser"]), "denoiser", device, "--denoiser"
+    )
+    return denoiser, cfg, cfg.model_config.vocab_size, cfg.model_config.length
+
+
+def _methods(wanted, specs: dict, mask_id: int, vocab: int, device) -> list[Method]:
+    methods = []
+    for m in wanted:
+        if m == "mdlm":
+            methods.append(Method(LABELS[m]))
+        elif m == "exact":
+            if vocab != 28:
+                raise CommandError(
+                    "--methods exact: the oracle source is over characters (vocabulary 28)"
+                )
+            methods.append(Method(LABELS[m], source=austen_oracle()))
+        elif m == "ar":
+            kind, _, path = specs["edlm-ar"].partition(":")
+            if kind not in ("ar", "ar-carry", "ar-full"):
+                raise CommandError(
+                    f"--methods ar samples the --ar model: it must be ar:CKPT, got {specs['edlm-ar']!r}"
+                )
+            model, cfg = _load(path, "ar", device, "--ar")
+            if cfg.model_config.vocab_size != vocab:
+                raise CommandError(
+                    f"--ar {path}: vocabulary {cfg.model_config.vocab_size}, not the denoiser's {vocab}"
+                )
+            methods.append(Method(LABELS[m], ar=model))
+        else:
+            try:
+                energy = load_energy(specs[m], mask_id=mask_id, vocab_size=vocab, device=device)
+            except checkpoint.CheckpointError as e:
+                raise CommandError(str(e)) from None
+            methods.append(Method(LABELS[m], energy))
+    return methods
 
 
 def cmd_sweep(argv: list[str]) -> int:
     p = _parser(
         "sweep",
-        "Sampling steps x methods (MDLM, EDLM-AR, EDLM-NCE; k and window as lists) -> "
-        "a CSV, the samples as JSONL and a PNG of generative perplexity against steps and seconds.",
-        "denoiser",
-        "judge",
+        "Sampling steps x methods (MDLM, EDLM with AR, NCE or oracle energies; k and window as "
+        "lists) -> a CSV, the samples as JSONL and a PNG of quality against steps and seconds. "
+        "--suite oracle: the models trained on the austen-oracle Markov source, every sample "
+        "scored exactly under the source (bits/char against its entropy).",
         "seed",
         "device",
     )
     p.add_argument(
+        "--suite",
+        default="austen",
+        choices=sorted(SUITES),
+        help="models and defaults (default: austen)",
+    )
+    p.add_argument(
+        "--denoiser",
+        default=None,
+        help="denoiser checkpoint, or `oracle`: the source's exact denoiser (default: the suite's bundled denoiser)",
+    )
+    p.add_argument(
+        "--judge", default=None, help=JUDGE_HELP + " (default: auto; none for --suite oracle)"
+    )
+    p.add_argument(
         "--ar",
         default=None,
-        help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ar-carry:CKPT | ... (default: ar: the bundled "
-        "ar-tiny, whole sequence)",
+        help="EDLM-AR energy spec, ar:CKPT | hf:PATH | ... (default: ar: the suite's bundled AR model, "
+        "whole sequence); edlm-ar-carry uses the same model carry-over, `ar` samples it ancestrally",
     )
     p.add_argument(
         "--nce",
         default=None,
-        help="EDLM-NCE energy spec, nce:CKPT (default: the bundled energy-tiny)",
+        help="EDLM-NCE energy spec, nce:CKPT (default: the suite's bundled energy)",
     )
     p.add_argument(
-        "--methods", default="mdlm,edlm-ar,edlm-nce", help="any of mdlm, edlm-ar, edlm-nce"
+        "--methods",
+        default=None,
+        help=f"any of {', '.join(LABELS)} (ar: ancestral AR samples, exact: samples of the oracle "
+        "source; each one row at steps = length). Default: austen mdlm,edlm-ar,edlm-nce; oracle all "
+        "but edlm-ar-carry",
     )
-    p.add_argument("--steps", default="8,16,32,64,128", help="comma-separated step counts")
+    p.add_argument(
+        "--steps",
+        default=None,
+        help="comma-separated step counts (default: austen 8,16,32,64,128; oracle 4,16,64,256)",
+    )
     p.add_argument("--k", default="4", help="comma-separated candidate counts (EDLM)")
     p.add_argument("--window", default="1.0", help="comma-separated IS windows in [0, 1] (EDLM)")
     p.add_argument("--num", type=int, default=16, help="samples per cell")
@@ -487,27 +568,33 @@ def cmd_sweep(argv: list[str]) -> int:
     )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    steps, ks = _list(args.steps, int, "--steps"), _list(args.k, int, "--k")
-    windows, wanted = _list(args.window, float, "--window"), _list(args.methods, str, "--methods")
+    suite = SUITES[args.suite]
+    steps, ks = _list(args.steps or suite["steps"], int, "--steps"), _list(args.k, int, "--k")
+    windows = _list(args.window, float, "--window")
+    wanted = _list(args.methods or suite["methods"], str, "--methods")
     for m in wanted:
         if m not in LABELS:
             raise CommandError(f"unknown method {m!r} in --methods; known: {', '.join(LABELS)}")
+    _at_least(args, num=1, batch_size=1)
     device = _device(args.device)
-    denoiser, cfg = _load(
-        args.denoiser or bundled("denoiser-tiny"), "denoiser", device, "--denoiser"
-    )
+    denoiser, cfg, vocab, length = _denoiser(args.denoiser, args.suite, device)
+    ar_spec = args.ar or f"ar:{bundled(suite['ar'])}"
+    kind, _, ar_path = ar_spec.partition(":")
     specs = {
-        "edlm-ar": args.ar or f"ar:{bundled('ar-tiny')}",
-        "edlm-nce": args.nce or f"nce:{bundled('energy-tiny')}",
+        "edlm-ar": ar_spec,
+        "edlm-ar-carry": f"{kind.split('-')[0]}-carry:{ar_path}",
+        "edlm-nce": args.nce or f"nce:{bundled(suite['nce'])}",
+        "edlm-oracle": "oracle:",
     }
-    methods = _methods(wanted, specs, denoiser, device)
-    tok = tokenizer_of(cfg)
-    judge, judge_line = _judge(args.judge, device)
+    methods = _methods(wanted, specs, denoiser.mask_id, vocab, device)
+    tok = tokenizer_of(cfg) if cfg is not None else CharTokenizer()
+    oracle = austen_oracle() if args.suite == "oracle" or args.denoiser == "oracle" else None
+    judge_spec = args.judge or ("none" if oracle is not None else "auto")
+    judge, judge_line = _judge(judge_spec, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"edlm sweep: {len(grid(methods, steps, ks, windows))} cells, {args.num} samples each; {judge_line}"
-    )
+    cells = grid(methods, steps, ks, windows, length)
+    print(f"edlm sweep: {len(cells)} cells, {args.num} samples each; {judge_line}")
     with open(out / "samples.jsonl", "w") as f:
         rows = run_sweep(
             denoiser,
@@ -517,33 +604,67 @@ def cmd_sweep(argv: list[str]) -> int:
             windows=windows,
             num_samples=args.num,
             batch_size=args.batch_size,
+            length=length,
             decode=tok.decode,
             judge=judge,
             seed=args.seed,
             device=device,
             progress=not args.no_progress,
             samples_out=f,
+            oracle=oracle,
         )
     write_csv(rows, out / "sweep.csv")
+    name = "exact (oracle)" if cfg is None else cfg.preset
     try:
         plot(
             rows,
             out / "sweep.png",
-            title=f"{cfg.preset} denoiser, {args.num} samples per point, seed {args.seed}",
+            title=f"{name} denoiser, {args.num} samples per point, seed {args.seed}",
         )
     except ImportError as e:
         print(f"{e} (the CSV is written)")
-    print(
-        f"{'curve':<28} {'steps':>5} {'gen ppl':>8} {'bits/ch':>7} {'entropy':>8} {'calls':>6} {'ESS':>5} {'s/sample':>9}"
-    )
-    for label, curve in series(rows).items():
-        for r in curve:
-            print(
-                f"{label:<28} {r['steps']:5d} {r['gen_ppl']:8.2f} {r['judge_bpc']:7.3f} {r['entropy']:8.3f} "
-                f"{r['denoiser_calls'] + r['energy_calls']:6d} {_num(r['mean_ess'], 5, 2)} {r['seconds_per_sample']:9.4f}"
-            )
+    if oracle is not None:
+        print(_oracle_table(rows, oracle, length))
+    else:
+        print(
+            f"{'curve':<28} {'steps':>5} {'gen ppl':>8} {'bits/ch':>7} {'entropy':>8} {'calls':>6} {'ESS':>5} {'s/sample':>9}"
+        )
+        for label, curve in series(rows).items():
+            for r in curve:
+                print(
+                    f"{label:<28} {r['steps']:5d} {r['gen_ppl']:8.2f} {r['judge_bpc']:7.3f} {r['entropy']:8.3f} "
+                    f"{r['denoiser_calls'] + r['energy_calls']:6d} {_num(r['mean_ess'], 5, 2)} {r['seconds_per_sample']:9.4f}"
+                )
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.png'}, {out / 'samples.jsonl'}")
     return 0
+
+
+def _oracle_table(rows, source, length: int) -> str:
+    lines = [
+        (
+            f"source: order-{source.order} Markov chain, entropy rate H = "
+            f"{source.entropy_rate:.4f} bits/char; exact samples of {length} characters score "
+            f"{source.sequence_entropy(length):.4f} on average; unigram "
+            f"{source.ngram_entropy(1):.3f}, bigram {source.ngram_entropy(2):.3f} bits"
+        ),
+        (
+            f"{'curve':<28} {'steps':>5} {'bits/ch':>7} {'+- se':>6} {'gap':>7} {'uni':>6} "
+            f"{'bi':>6} {'calls':>6} {'ESS':>5} {'s/sample':>9}"
+        ),
+    ]
+    for label, curve in series(rows).items():
+        for r in curve:
+            lines.append(
+                f"{label:<28} {r['steps']:5d} {r['oracle_bpc']:7.4f} {r['oracle_bpc_se']:6.4f} "
+                f"{r['oracle_gap']:+7.4f} {r['unigram_entropy']:6.3f} {r['bigram_entropy']:6.3f} "
+                f"{r['denoiser_calls'] + r['energy_calls']:6d} {_num(r['mean_ess'], 5, 2)} "
+                f"{r['seconds_per_sample']:9.4f}"
+            )
+    lines.append(
+        "bits/ch: exact -log2 p(sample) / length under the source, mean over samples +- its standard "
+        "error; gap: bits/ch minus the exact samples' expectation (0 = the source's quality)"
+    )
+    return "\n".join(lines)
 
 
 def _num(v: float, width: int, places: int) -> str:
@@ -569,7 +690,13 @@ def cmd_demo(argv: list[str]) -> int:
     device = _device(args.device)
     denoiser, cfg = _load(bundled("denoiser-tiny"), "denoiser", device, "--denoiser")
     specs = {"edlm-ar": f"ar:{bundled('ar-tiny')}", "edlm-nce": f"nce:{bundled('energy-tiny')}"}
-    methods = _methods(("mdlm", "edlm-ar", "edlm-nce"), specs, denoiser, device)
+    methods = _methods(
+        ("mdlm", "edlm-ar", "edlm-nce"),
+        specs,
+        denoiser.mask_id,
+        cfg.model_config.vocab_size,
+        device,
+    )
     tok, L = tokenizer_of(cfg), cfg.model_config.length
     prompt = _prompt(tok, args.prompt, 1, L, denoiser.mask_id)
     print(

@@ -1,11 +1,13 @@
 """The bundled corpora (Austen's novels, the King James Bible; corpus/NOTICE.md), the named
-datasets built on them (`austen-char`, `kjv-gpt2`, ...: corpus, tokenizer, splits) and the cache
+datasets built on them (`austen-char`, `kjv-gpt2`, ...: corpus, tokenizer, splits; `austen-oracle`:
+samples of a Markov source fitted to the novels, `austen_oracle`) and the cache
 of prepared token files ($EDLM_CACHE), with `dataset_path` resolving a name or a path to one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import lzma
@@ -13,6 +15,9 @@ import os
 from importlib import resources
 from pathlib import Path
 
+import torch
+
+from .oracle import MarkovSource
 from .prepare import (
     FORMAT,
     VERSION,
@@ -21,12 +26,15 @@ from .prepare import (
     is_prepared,
     prepare,
     read_header,
+    write_tokens,
 )
 from .tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "CORPORA",
     "NAMED_DATASETS",
+    "ORACLE_ORDER",
+    "austen_oracle",
     "cache_dir",
     "corpus_documents",
     "dataset_path",
@@ -52,7 +60,47 @@ CORPORA = {
     "kjv": {"test": ("kjv.txt.xz",)},
 }
 NAMED_DATASETS = {f"{c}-{t}": (c, t) for c in CORPORA for t in ("char", "gpt2")}
-EVAL_SPLIT = {"austen": "valid", "kjv": "test"}  # the held-out split of each corpus
+NAMED_DATASETS["austen-oracle"] = ("austen-oracle", "char")
+EVAL_SPLIT = {"austen": "valid", "kjv": "test", "austen-oracle": "valid"}  # held-out splits
+
+# austen-oracle: fresh samples of the Markov source fitted to Austen's training novels
+# (edlm.oracle), as stationary chains of CHAIN characters (a multiple of every usual block size,
+# so no block straddles two chains): split -> (number of chains, seed).
+ORACLE_ORDER = 2  # characters of context: a trigram chain (edlm.oracle says why)
+ORACLE_SPLITS = {"train": (2048, 1), "valid": (128, 2), "test": (128, 3)}
+ORACLE_CHAIN = 4096
+
+
+@functools.cache
+def austen_oracle(order: int = ORACLE_ORDER) -> MarkovSource:
+    """The bundled oracle source: the Markov chain of `order` fitted to Austen's five training
+    novels (deterministic: the same tables, `digest`, on every machine)."""
+    return MarkovSource.fit(corpus_documents("austen", "train"), order)
+
+
+def _oracle_path(name: str, split: str | None) -> Path:
+    split = split or "train"
+    if split not in ORACLE_SPLITS:
+        raise ValueError(f"unknown split {split!r} for {name!r} (it has {sorted(ORACLE_SPLITS)})")
+    source = austen_oracle()
+    chains, seed = ORACLE_SPLITS[split]
+    fp = _fingerprint(name, split, source.digest(), chains, ORACLE_CHAIN, seed, "inverse-cdf-1")
+    out = cache_dir() / name / f"{split}.bin"
+    if not _is_current(out, fp):
+        gen = torch.Generator().manual_seed(seed)
+        pieces = (
+            source.sample(min(256, chains - i), ORACLE_CHAIN, generator=gen).numpy()
+            for i in range(0, chains, 256)
+        )
+        extra = {
+            "dataset": name,
+            "split": split,
+            "fingerprint": fp,
+            "source": f"Markov chain of order {source.order} fitted to Austen, sha256 "
+            f"{source.digest()}",
+        }
+        write_tokens(pieces, "char", out, extra=extra)
+    return out
 
 
 def dataset_tokenizer(name: str) -> str | None:
@@ -119,13 +167,18 @@ def dataset_path(
     """A prepared token file for a named dataset or a path, prepared into the cache if need be.
 
     Names: `austen-char`, `austen-gpt2` (splits train, valid), `kjv-char`, `kjv-gpt2` (split
-    test); split None means train, or the only split. A path: a prepared token file (or its
+    test), `austen-oracle` (characters sampled from the bundled Markov source `austen_oracle`:
+    train 8.4 M, valid and test 0.5 M each); split None means train, or the only split. A path: a prepared token file (or its
     .json) is used as it is; raw text (anything `prepare` reads) is prepared with `tokenizer`
     into the cache, keyed by the files' names, sizes and times, and reused while they stay put.
     A path is a single split: split may be None or "train" (any split of a Hugging Face
     DatasetDict folder), and anything else is an error.
     """
     name = str(name_or_path)
+    if name == "austen-oracle":
+        if tokenizer is not None and load_tokenizer(tokenizer).name != "char":
+            raise ValueError(f"dataset {name!r} is tokenized with 'char', not {tokenizer!r}")
+        return _oracle_path(name, split)
     if name in NAMED_DATASETS:
         corpus, tok_name = NAMED_DATASETS[name]
         if tokenizer is not None and load_tokenizer(tokenizer).name != tok_name:

@@ -26,6 +26,7 @@ __all__ = [
     "generative_perplexity",
     "judge_scores",
     "load_judge",
+    "ngram_entropy",
     "resolve_judge",
     "unigram_entropy",
 ]
@@ -255,6 +256,20 @@ def unigram_entropy(token_ids) -> float:
         p = counts / counts.sum()
         total += -(p * p.log2()).sum().item()
     return total / len(samples)
+
+
+def ngram_entropy(token_ids, n: int) -> float:
+    """Entropy in bits of the n-gram distribution pooled over all samples (n-grams do not cross
+    samples): with n = 1, 2 the unigram and bigram entropies that `edlm sweep --suite oracle` sets
+    beside the source's own."""
+    if n < 1:
+        raise ValueError(f"ngram_entropy: n must be >= 1, got {n}")
+    grams = Counter(tuple(s[i : i + n]) for s in _samples(token_ids) for i in range(len(s) - n + 1))
+    if not grams:
+        raise ValueError(f"ngram_entropy: no sample has {n} or more tokens")
+    counts = torch.tensor(list(grams.values()), dtype=torch.float64)
+    p = counts / counts.sum()
+    return float(-(p * p.log2()).sum())
 
 
 def distinct_n(token_lists, n: int) -> float:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["FORMAT", "VERSION", "is_prepared", "prepare", "read_header"]
+__all__ = ["FORMAT", "VERSION", "is_prepared", "prepare", "read_header", "write_tokens"]
 
 FORMAT = "edlm-tokens"
 VERSION = 1
@@ -198,8 +198,8 @@ class _TokenWriter:
         self.f, self.dtype, self.vocab_size = f, dtype, vocab_size
         self.count, self.pending, self.pending_len = 0, [], 0
 
-    def add(self, ids: list[int]) -> None:
-        if ids:
+    def add(self, ids) -> None:
+        if len(ids):
             self.pending.append(np.asarray(ids, dtype=np.int64))
             self.pending_len += len(ids)
             if self.pending_len >= 1 << 20:
@@ -287,6 +287,56 @@ def prepare(
         Path(tmp_json).write_text(json.dumps(header, indent=1) + "\n")
         # Tokens first, header last: a header whose count disagrees with the file's size (two
         # writers racing) is caught by read_header.
+        os.replace(tmp_bin, out_path)
+        os.replace(tmp_json, _header_path(out_path))
+    finally:
+        for tmp in (tmp_bin, tmp_json):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return header
+
+
+def write_tokens(
+    chunks: Iterable[np.ndarray],
+    tokenizer: str | Tokenizer,
+    out_path: str | os.PathLike,
+    *,
+    block_size: int | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Writes token arrays (already ids of `tokenizer`, one unwrapped stream) as a prepared token
+    file with its header, atomically as `prepare` does; for generated data (`austen-oracle`).
+    Returns the header."""
+    tok = load_tokenizer(tokenizer)
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": dtype.name,
+        "count": 0,
+        "documents": 0,
+        "tokenizer": tok.name,
+        "vocab_size": tok.vocab_size,
+        "mask_id": tok.mask_id,
+        "bos_id": None,
+        "eos_id": None,
+        "wrap": False,
+        "block_size": block_size or (256 if tok.name == "char" else 1024),
+        "sources": [],
+        **(extra or {}),
+    }
+    tmp_bin, tmp_json = _temp_path(out_path), _temp_path(out_path)
+    try:
+        with open(tmp_bin, "wb") as f:
+            writer = _TokenWriter(f, dtype, tok.vocab_size)
+            for chunk in chunks:
+                writer.add(np.asarray(chunk).reshape(-1))
+                header["documents"] += 1
+            writer.flush()
+        header["count"] = writer.count
+        Path(tmp_json).write_text(json.dumps(header, indent=1) + "\n")
         os.replace(tmp_bin, out_path)
         os.replace(tmp_json, _header_path(out_path))
     finally:

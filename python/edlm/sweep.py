@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .judge import distinct_n, judge_scores, unigram_entropy
+from .judge import distinct_n, judge_scores, ngram_entropy, unigram_entropy
+from .oracle import MarkovSource
 from .sampling import sample
 
 FIELDS = [
@@ -37,6 +38,11 @@ FIELDS = [
     "entropy",
     "distinct_2",
     "distinct_3",
+    "oracle_bpc",
+    "oracle_bpc_se",
+    "oracle_gap",
+    "unigram_entropy",
+    "bigram_entropy",
     "denoiser_calls",
     "energy_calls",
     "is_steps",
@@ -49,19 +55,35 @@ FIELDS = [
 
 @dataclass
 class Method:
-    """A sampler in the grid: a label and its energy (None: MDLM)."""
+    """A sampler in the grid: a label and its energy (None: MDLM). Reference rows instead: `ar`,
+    an AR model sampled ancestrally (`ARModel.generate`: one network call per token), or
+    `source`, exact samples of a `MarkovSource`; each is one cell, at steps = the length."""
 
     name: str
     energy: object = None
+    ar: object = None
+    source: MarkovSource | None = None
+
+    @property
+    def reference(self) -> bool:
+        return self.ar is not None or self.source is not None
 
 
 def grid(
-    methods: list[Method], steps: list[int], ks: list[int], windows: list[float]
+    methods: list[Method],
+    steps: list[int],
+    ks: list[int],
+    windows: list[float],
+    length: int = 0,
 ) -> list[tuple]:
     """The cells (method, steps, k, window): MDLM once per step count (k = 1, window = 0), each
-    EDLM method at every (steps, k, window)."""
+    EDLM method at every (steps, k, window), a reference row (AR, exact samples) once at steps =
+    `length`."""
     cells = []
     for m in methods:
+        if m.reference:
+            cells.append((m, length, 1, 0.0))
+            continue
         for n in steps:
             if m.energy is None:
                 cells.append((m, n, 1, 0.0))
@@ -88,13 +110,19 @@ def run_sweep(
     progress: bool = True,
     samples_out=None,
     prompt: torch.Tensor | None = None,
+    oracle: MarkovSource | None = None,
 ) -> list[dict]:
     """Samples every cell of the grid and measures it; returns one dict per cell (FIELDS, and
     "texts": the decoded samples, or None without `decode`).
 
     decode: token ids -> text, for the judge and `samples_out` (a writable text file, JSONL).
     judge: a `Judge` (or None: gen_ppl is NaN). prompt: int64 [length], mask_id where free: the
-    tokens every sample keeps."""
+    tokens every sample keeps. oracle: the source the samples are scored under exactly:
+    "oracle_bpc" = mean over samples of -log2 p(x) / length, "oracle_bpc_se" its standard error,
+    "oracle_gap" = oracle_bpc minus what exact samples score on average (the source's
+    `sequence_entropy(length)`; > 0: worse than the source). NaN without it (and with a prompt,
+    which conditions the samples). "unigram_entropy" and "bigram_entropy" pool every sample's
+    characters (pairs), to set beside the source's `ngram_entropy(1)` and `ngram_entropy(2)`."""
     if num_samples < 1 or batch_size < 1:
         raise ValueError(
             f"run_sweep: num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}"
@@ -107,14 +135,23 @@ def run_sweep(
         raise ValueError("run_sweep: a judge needs `decode` to turn samples into text")
     mask_id = denoiser.mask_id if mask_id is None else mask_id
     length = length or denoiser.cfg.length
-    cells = grid(methods, steps, ks, windows)
+    cells = grid(methods, steps, ks, windows, length)
 
     if prompt is not None and tuple(prompt.shape) != (length,):
         raise ValueError(
             f"run_sweep: prompt must be [length] = [{length}], got {list(prompt.shape)}"
         )
 
+    if prompt is not None and any(m.reference for m in methods):
+        raise ValueError("run_sweep: the reference rows (AR, exact samples) take no prompt")
+
     def draw(method, n, k, w, rows, generator):
+        if method.ar is not None:
+            x = method.ar.generate(rows, length, generator=generator, device=device)
+            return x, {"network_calls": length, "energy_calls": 0, "is_steps": 0, **_NO_IS}
+        if method.source is not None:
+            x = method.source.sample(rows, length, generator=generator, device=device)
+            return x, {"network_calls": 0, "energy_calls": 0, "is_steps": 0, **_NO_IS}
         fixed = None if prompt is None else prompt.to(device).expand(rows, length).clone()
         return sample(
             denoiser,
@@ -155,6 +192,7 @@ def run_sweep(
                     values.append(stats[name].float().flatten().cpu())
         texts = [decode(r) for r in ids] if decode is not None else None
         scores = judge_scores(texts, judge) if judge is not None else {}
+        exact = _oracle_scores(oracle, ids, length) if oracle is not None and prompt is None else {}
         row = {
             "method": method.name,
             "steps": n,
@@ -167,6 +205,11 @@ def run_sweep(
             "entropy": unigram_entropy(ids),
             "distinct_2": distinct_n(ids, 2),
             "distinct_3": distinct_n(ids, 3),
+            "oracle_bpc": exact.get("bpc", math.nan),
+            "oracle_bpc_se": exact.get("se", math.nan),
+            "oracle_gap": exact.get("gap", math.nan),
+            "unigram_entropy": ngram_entropy(ids, 1),
+            "bigram_entropy": ngram_entropy(ids, 2) if length > 1 else math.nan,
             "denoiser_calls": calls,
             "energy_calls": ecalls,
             "is_steps": is_steps,
@@ -194,6 +237,23 @@ def run_sweep(
     return results
 
 
+_NO_IS = {name: torch.empty(0) for name in ("ess", "sd_log_w", "energy_gain")}
+
+
+def _oracle_scores(source: MarkovSource, ids: list[list[int]], length: int) -> dict:
+    """Exact bits per character of samples under the source: mean, standard error, gap."""
+    x = torch.tensor(ids, dtype=torch.long)
+    if int(x.max()) >= source.transition.shape[-1]:
+        raise ValueError("run_sweep: a sample holds a token outside the oracle's alphabet")
+    bpc = -source.log_prob(x) / (math.log(2) * length)  # [N]
+    se = float(bpc.std(correction=1) / math.sqrt(len(bpc))) if len(bpc) > 1 else math.nan
+    return {
+        "bpc": float(bpc.mean()),
+        "se": se,
+        "gap": float(bpc.mean()) - source.sequence_entropy(length),
+    }
+
+
 def _mean(values: list[torch.Tensor]) -> float:
     return float(torch.cat(values).mean()) if values else math.nan
 
@@ -215,10 +275,15 @@ def write_csv(rows: list[dict], path) -> None:
 def read_csv(path) -> list[dict]:
     ints = {"steps", "k", "num_samples", "seed", "denoiser_calls", "energy_calls", "is_steps"}
     with open(path, newline="") as f:
-        return [
-            {k: (v if k == "method" else int(v) if k in ints else float(v)) for k, v in r.items()}
+        rows = [
+            {
+                k: (v if k == "method" else int(v) if k in ints else float(v or "nan"))
+                for k, v in r.items()
+            }
             for r in csv.DictReader(f)
         ]
+    # a CSV written before a column existed reads it as NaN
+    return [{**{k: math.nan for k in FIELDS if k not in ints}, **r} for r in rows]
 
 
 def series(rows: list[dict]) -> dict[str, list[dict]]:
