@@ -3,7 +3,8 @@
 # CPU thread, so it is bitwise repeatable: on the same torch build the exported files come out
 # byte for byte the same, and `git status` shows no change. `make -j2 checkpoints` trains the
 # denoiser and the AR model side by side (about 40 minutes on 2 cores).
-# `make results` regenerates RESULTS.md and results/ from the bundled models.
+# `make results` regenerates RESULTS.md and results/ from the bundled models (the oracle
+# experiment first, `make oracle-results`).
 
 PY ?= .venv/bin/python
 EDLM ?= .venv/bin/edlm
@@ -18,7 +19,7 @@ ORACLE_NCE = $(subst austen-char,austen-oracle,$(NCE))
 NCE = $(TINY) --steps=250 --batch_size=16 --lr=1e-3 --min_lr=1e-4 --warmup_steps=20 \
       --eval_every=125 --eval_batches=8 --save_every=125 --ema=0.99
 
-.PHONY: checkpoints oracle-checkpoints results clean-runs
+.PHONY: checkpoints oracle-checkpoints results oracle-results clean-runs
 
 checkpoints: $(RUNS)/denoiser/latest $(RUNS)/ar/latest $(RUNS)/energy/latest oracle-checkpoints
 	$(PY) scripts/export_checkpoints.py $(RUNS)/denoiser:denoiser-tiny $(RUNS)/ar:ar-tiny \
@@ -55,8 +56,16 @@ $(RUNS)/energy/latest: $(RUNS)/denoiser/latest
 	rm -rf $(RUNS)/energy
 	$(EDLM) train --model energy --init-from $(RUNS)/denoiser --out $(RUNS)/energy $(NCE)
 
-results:
+results: oracle-results
 	$(PY) scripts/make_results.py
+
+# The oracle experiment that opens RESULTS.md (results/oracle/): the exact denoiser's part beside
+# the trained models' two parts.
+oracle-results:
+	$(PY) scripts/oracle_results.py --part exact & pid=$$!; \
+	$(PY) scripts/oracle_results.py --part trained && \
+	$(PY) scripts/oracle_results.py --part nce; wait $$pid
+	$(PY) scripts/oracle_results.py --render-only
 
 clean-runs:
 	rm -rf $(RUNS)

@@ -88,3 +88,41 @@ def test_make_results_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert again.read_text() == text
+
+
+ORACLE = Path(__file__).resolve().parents[1] / "scripts" / "oracle_results.py"
+
+
+def test_oracle_results_quick(tmp_path):
+    """scripts/oracle_results.py: the exact and trained parts on a tiny grid, then the section
+    RESULTS.md opens with (table, k/window table, sentences, figure)."""
+    pytest.importorskip("matplotlib", reason="the oracle figure is drawn with matplotlib")
+    out = tmp_path / "oracle"
+    for part in ("exact", "trained", "nce"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ORACLE),
+                "--part",
+                part,
+                "--quick",
+                "--num",
+                "4",
+                "--out-dir",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = list(csv.DictReader(open(out / f"{part}.csv")))
+        assert rows and all(float(r["oracle_bpc"]) > 2.0 for r in rows)
+    text = (out / "section.md").read_text()
+    assert text.startswith("## Where EDLM helps")
+    assert "entropy rate H = 2.5961" in text and "| steps |" in text
+    assert "exact samples of the source" in text and "ancestrally" in text
+    assert "EDLM-NCE" in text and (out / "oracle.png").stat().st_size > 10_000
+    methods = {r["method"] for r in csv.DictReader(open(out / "trained.csv"))}
+    assert {"AR", "MDLM", "EDLM-oracle", "EDLM-AR"} <= methods

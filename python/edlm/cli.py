@@ -674,20 +674,36 @@ def _num(v: float, width: int, places: int) -> str:
 def cmd_demo(argv: list[str]) -> int:
     p = _parser(
         "demo",
-        "The bundled tiny models (trained on Jane Austen's novels, characters) sampled "
-        "with MDLM and with EDLM (AR and NCE energies) side by side, with generation metrics.",
+        "The bundled models sampled with MDLM and with EDLM side by side: the tiny models "
+        "trained on Jane Austen's novels (characters; AR and NCE energies, scored by a judge), "
+        "then the austen-oracle suite, where every sample is scored exactly under a known source "
+        "(the exact denoiser too, and the source itself as the energy).",
         "judge",
         "seed",
         "device",
     )
+    p.add_argument("--suite", default="all", choices=["all", "austen", "oracle"])
     p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--num", type=int, default=4, help="samples per method")
+    p.add_argument("--num", type=int, default=4, help="samples per method (Austen suite)")
+    p.add_argument(
+        "--oracle-num", type=int, default=32, help="samples per method (oracle suite, default 32)"
+    )
     p.add_argument("--k", type=int, default=4, help="importance-sampling candidates")
     p.add_argument("--window", type=float, default=1.0)
-    p.add_argument("--prompt", default="", help="text every sample starts with")
+    p.add_argument("--prompt", default="", help="text every sample starts with (Austen suite)")
     args = p.parse_args(argv)
-    _at_least(args, steps=1, num=1, k=1)
+    _at_least(args, steps=1, num=1, k=1, oracle_num=2)
     device = _device(args.device)
+    if args.suite in ("all", "austen"):
+        _demo_austen(args, device)
+    if args.suite in ("all", "oracle"):
+        if args.suite == "all":
+            print()
+        _demo_oracle(args, device)
+    return 0
+
+
+def _demo_austen(args, device) -> None:
     denoiser, cfg = _load(bundled("denoiser-tiny"), "denoiser", device, "--denoiser")
     specs = {"edlm-ar": f"ar:{bundled('ar-tiny')}", "edlm-nce": f"nce:{bundled('energy-tiny')}"}
     methods = _methods(
@@ -742,7 +758,78 @@ def cmd_demo(argv: list[str]) -> int:
         "calls: network calls (denoiser and energy);\nmean ESS: effective sample size of the "
         "importance-sampling steps (k at most; - for MDLM, which has none)"
     )
-    return 0
+
+
+def _demo_oracle(args, device) -> None:
+    source = austen_oracle()
+    trained, cfg = _load(bundled("denoiser-oracle"), "denoiser", device, "--denoiser")
+    L = cfg.model_config.length
+    exact = OracleDenoiser(source, L).to(device)
+    oracle_energy = load_energy("oracle:", mask_id=exact.mask_id, vocab_size=28)
+    ar_energy = load_energy(f"ar:{bundled('ar-oracle')}", mask_id=exact.mask_id, vocab_size=28)
+    print(
+        f"edlm demo, oracle suite: a Markov source fitted to Austen (order {source.order}), whose "
+        f"entropy rate is H = {source.entropy_rate:.3f} bits/char ({source.sequence_entropy(L):.3f} "
+        f"for exact samples of {L} characters); {args.steps} steps, {args.oracle_num} samples per "
+        f"method, each scored exactly\n"
+    )
+    runs = [
+        ("exact denoiser", exact, [Method("MDLM"), Method("EDLM-oracle", oracle_energy)]),
+        (
+            "trained denoiser",
+            trained,
+            [Method("MDLM"), Method("EDLM-oracle", oracle_energy), Method("EDLM-AR", ar_energy)],
+        ),
+    ]
+    rows = [Method("exact", source=source)]
+    results = run_sweep(
+        exact,
+        rows,
+        steps=[args.steps],
+        num_samples=args.oracle_num,
+        batch_size=args.oracle_num,
+        length=L,
+        decode=CharTokenizer().decode,
+        seed=args.seed,
+        device=device,
+        progress=False,
+        oracle=source,
+    )
+    results[0]["label"] = "exact samples"
+    for name, den, methods in runs:
+        for r in run_sweep(
+            den,
+            methods,
+            steps=[args.steps],
+            ks=[args.k],
+            windows=[args.window],
+            num_samples=args.oracle_num,
+            batch_size=args.oracle_num,
+            length=L,
+            decode=CharTokenizer().decode,
+            seed=args.seed,
+            device=device,
+            progress=False,
+            oracle=source,
+        ):
+            k = "" if r["method"] == "MDLM" else f" k={args.k}"
+            r["label"] = f"{r['method']}{k}, {name}"
+            results.append(r)
+    for r in results:
+        print(f"=== {r['label']}: {r['oracle_bpc']:.3f} bits/char")
+        print(f"  {r['texts'][0][:120]}")
+    print()
+    print(f"{'method':<36} {'bits/ch':>8} {'+- se':>6} {'gap':>7} {'ESS':>5} {'s/sample':>9}")
+    for r in results:
+        print(
+            f"{r['label']:<36} {r['oracle_bpc']:8.3f} {r['oracle_bpc_se']:6.3f} "
+            f"{r['oracle_gap']:+7.3f} {_num(r['mean_ess'], 5, 2)} {r['seconds_per_sample']:9.3f}"
+        )
+    print(
+        "\nbits/ch: exact -log2 p_source(sample) per character, mean over samples +- its standard "
+        "error; gap: to exact samples (0 = as good as the source). EDLM-oracle uses the source "
+        "itself as the energy, EDLM-AR the bundled ar-oracle model."
+    )
 
 
 # --- the one error path -------------------------------------------------------------------------
