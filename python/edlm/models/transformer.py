@@ -42,6 +42,24 @@ def modulate(x, shift, scale):
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+class KVCache:
+    """A block's keys and values for every position so far, preallocated ([B, H, max_len, Dh],
+    a static cache as gpt-fast's): `update` writes positions pos .. pos + L - 1 and returns the
+    keys and values of positions 0 .. pos + L - 1 (views, no copy)."""
+
+    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype, device):
+        self.k = torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int):
+        end = pos + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KVCache: position {end - 1} is past the cache's {self.k.shape[2]}")
+        self.k[:, :, pos:end] = k
+        self.v[:, :, pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class Block(nn.Module):
     """Pre-LN transformer block; with `cond_dim` it is a DiT block with adaLN-zero modulation."""
 
@@ -73,7 +91,10 @@ class Block(nn.Module):
             nn.init.zeros_(self.adaLN_modulation.weight)
             nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x, cos, sin, c=None):
+    def forward(self, x, cos, sin, c=None, cache: KVCache | None = None, pos: int = 0):
+        """x [B, L, D]; cos, sin [L, Dh] for its positions. With `cache` (causal blocks only), x
+        holds positions pos .. pos + L - 1: their keys and values are written into the cache and
+        the queries attend to every cached position up to their own."""
         B, L, D = x.shape
         if self.adaLN_modulation is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
@@ -84,7 +105,15 @@ class Block(nn.Module):
             self.attn_qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, H, L, Dh]
-        h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        if cache is None:
+            h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        else:
+            k, v = cache.update(k, v, pos)  # [B, H, pos + L, Dh]
+            mask = None
+            if L > 1:  # query i (position pos + i) sees keys 0 .. pos + i
+                keys = torch.arange(pos + L, device=x.device)
+                mask = keys[None, :] <= (pos + torch.arange(L, device=x.device))[:, None]
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         h = self.attn_out(h.transpose(1, 2).reshape(B, L, D))
         h = F.dropout(h, self.dropout, self.training)
         if self.adaLN_modulation is not None:
