@@ -318,3 +318,20 @@ def test_bad_input_from_the_real_command(bad_paths):
 def test_unknown_command():
     with pytest.raises(SystemExit, match="edlm: unknown command 'trian'"):
         main(["trian"])
+
+
+def test_sample_with_the_exact_denoiser_and_the_source_energy(capsys):
+    """`edlm sample --denoiser oracle --energy oracle:`: EDLM with the exact denoiser and a
+    perfect energy, at any length; the prompt is kept."""
+    code = main(
+        ["sample", "--denoiser", "oracle", "--energy", "oracle:", "--k", "4", "--steps", "8"]
+        + ["--num", "2", "--length", "40", "--prompt", "it is a truth"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    texts = [
+        b.split("\n", 1)[1].split("\n--- ")[0].rstrip("\n") for b in out.split("--- sample ")[1:]
+    ]
+    assert len(texts) == 2 and all(t.startswith("it is a truth") and len(t) == 40 for t in texts)
+    stats = json.loads(out.split("--- stats ", 1)[1])
+    assert stats["method"] == "EDLM" and stats["is_steps"] >= 1

@@ -58,7 +58,11 @@ JUDGE_HELP = (
 SHARED = {
     "denoiser": (
         "--denoiser",
-        dict(default=None, help="denoiser checkpoint (default: the bundled denoiser-tiny)"),
+        dict(
+            default=None,
+            help="denoiser checkpoint (default: the bundled denoiser-tiny); for sample and sweep "
+            "also `oracle`, the exact denoiser of the austen-oracle source",
+        ),
     ),
     "seed": ("--seed", dict(type=int, default=0)),
     "device": ("--device", dict(default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")),
@@ -204,7 +208,14 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    p = _parser("sample", "Generate text with MDLM or EDLM.", "denoiser", "seed", "device")
+    p = _parser(
+        "sample",
+        "Generate text with MDLM or EDLM (--denoiser oracle: the austen-oracle source's exact "
+        "denoiser).",
+        "denoiser",
+        "seed",
+        "device",
+    )
     p.add_argument(
         "--energy",
         default=None,
@@ -233,16 +244,15 @@ def cmd_sample(argv: list[str]) -> int:
     _at_least(args, steps=1, k=1, num=1, length=0)
     device = _device(args.device)
     out = _writable_file(args.out, "--out") if args.out else None
-    path = args.denoiser or bundled("denoiser-tiny")
-    denoiser, cfg = _load(path, "denoiser", device, "--denoiser")
-    mask_id, vocab = denoiser.mask_id, cfg.model_config.vocab_size
+    denoiser, cfg, vocab, model_length = _denoiser(args.denoiser, "austen", device)
+    mask_id = denoiser.mask_id
     energy = (
         load_energy(args.energy, mask_id=mask_id, vocab_size=vocab, device=device)
         if args.energy
         else None
     )
-    tok = tokenizer_of(cfg)
-    length = args.length or cfg.model_config.length
+    tok = tokenizer_of(cfg) if cfg is not None else CharTokenizer()
+    length = args.length or model_length
     prompt = _prompt(tok, args.prompt, args.num, length, mask_id)
     g = torch.Generator(device=device).manual_seed(args.seed)
     t0 = time.perf_counter()

@@ -365,7 +365,8 @@ class OracleDenoiser(torch.nn.Module):
     the log of the source's single-position marginals given the revealed positions (-inf for the
     mask column and for the tokens a revealed position does not hold). Time is ignored: the
     marginals do not depend on it. Usable wherever a denoiser is (`edlm.sample`, the sweep): it is
-    MDLM's best case, so what MDLM still gets wrong with it is the factorization error alone."""
+    MDLM's best case, so what MDLM still gets wrong with it is the factorization error alone.
+    Any length >= the source's order works; `length` is the default the CLI samples at."""
 
     def __init__(self, source: MarkovSource, length: int, *, chunk: int = 256, dtype=torch.float64):
         super().__init__()
@@ -377,8 +378,11 @@ class OracleDenoiser(torch.nn.Module):
         self._last = None  # (xt, log marginals) of the previous call
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        if xt.dim() != 2 or xt.shape[1] != self.length:
-            raise ValueError(f"OracleDenoiser: xt must be [B, {self.length}], got {list(xt.shape)}")
+        if xt.dim() != 2 or xt.shape[1] < self.source.order:
+            raise ValueError(
+                f"OracleDenoiser: xt must be [B, L] with L >= {self.source.order}, got "
+                f"{list(xt.shape)}"
+            )
         # The marginals are a function of xt alone: rows equal to the previous call's are reused
         # (within a sampling run most rows reveal nothing at a given step).
         logp = torch.empty(*xt.shape, ALPHABET, dtype=torch.float64, device=xt.device)
