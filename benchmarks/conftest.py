@@ -75,6 +75,10 @@ class Table:
         util, extra = profile_call(fn) if median is not None else (float("nan"), None)
         self.rows.append(Row(group, label, median, baseline, util, extra, note))
 
+    def record(self, group, label, seconds, note=""):
+        """A row measured by the caller (one timed run, e.g. a whole sampler split by parts)."""
+        self.rows.append(Row(group, label, seconds, False, float("nan"), None, note))
+
 
 _TABLE = Table()
 
