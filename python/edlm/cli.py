@@ -36,7 +36,7 @@ from .likelihood import evaluate_likelihood
 from .oracle import OracleDenoiser
 from .sampling import FINALS, sample
 from .sweep import Method, grid, plot, run_sweep, series, write_csv
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, encode_template
 from .train import train
 
 
@@ -103,6 +103,38 @@ def _prompt(tok, text: str, rows: int, length: int, mask_id: int) -> torch.Tenso
     prompt = torch.full((rows, length), mask_id, dtype=torch.long)
     prompt[:, : len(ids)] = torch.tensor(ids)
     return prompt
+
+
+def _template(tok, text: str, marker: str, rows: int, length: int, mask_id: int) -> torch.Tensor:
+    """A fill-in template as a prompt int64 [rows, length] (mask_id where generated)."""
+    try:
+        ids = encode_template(tok, text, marker)
+    except ValueError as e:
+        raise CommandError(f"--marker {marker!r}: {e}") from None
+    if len(ids) > length:
+        raise CommandError(f"--template is {len(ids)} tokens, longer than the length {length}")
+    if all(i is not None for i in ids) and len(ids) == length:
+        raise CommandError("--template leaves nothing to generate: mark positions with --marker")
+    prompt = torch.full((rows, length), mask_id, dtype=torch.long)
+    fixed = [(p, i) for p, i in enumerate(ids) if i is not None]
+    if fixed:
+        pos, vals = zip(*fixed)
+        prompt[:, list(pos)] = torch.tensor(vals)
+    return prompt
+
+
+def _marked(tok, ids: list[int], free: list[bool]) -> str:
+    """Decoded text with each generated span in brackets."""
+    out, run, gen = [], [], None
+    for i, f in zip(ids, free):
+        if f != gen and run:
+            out.append(f"[{tok.decode(run)}]" if gen else tok.decode(run))
+            run = []
+        gen = f
+        run.append(i)
+    if run:
+        out.append(f"[{tok.decode(run)}]" if gen else tok.decode(run))
+    return "".join(out)
 
 
 def _judge(spec: str, device, announce: bool = False):
@@ -239,9 +271,27 @@ def cmd_sample(argv: list[str]) -> int:
     p.add_argument("--num", type=int, default=4, help="number of samples")
     p.add_argument("--length", type=int, default=0, help="tokens per sample (default: the model's)")
     p.add_argument("--prompt", default="", help="text the samples start with")
+    p.add_argument(
+        "--template",
+        default="",
+        help="fill in a template: each --marker character is one generated token (characters), "
+        "<mask:N> is N generated tokens (any tokenizer); the rest is kept. Shorter than --length: "
+        "the rest is generated after it",
+    )
+    p.add_argument("--marker", default="_", help="the template's marker character (default _)")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=0,
+        help="with --length beyond the model's context: new tokens per block (default: half the "
+        "context; the rest of each window is the text so far)",
+    )
+    p.add_argument("--progress", action="store_true", help="a progress bar over the blocks")
     p.add_argument("--out", default=None, help="write samples and stats as JSONL")
     args = p.parse_args(argv)
-    _at_least(args, steps=1, k=1, num=1, length=0)
+    _at_least(args, steps=1, k=1, num=1, length=0, stride=0)
+    if args.template and args.prompt:
+        raise CommandError("--template and --prompt both fix tokens: give one of them")
     device = _device(args.device)
     out = _writable_file(args.out, "--out") if args.out else None
     denoiser, cfg, vocab, model_length = _denoiser(args.denoiser, "austen", device)
@@ -253,7 +303,16 @@ def cmd_sample(argv: list[str]) -> int:
     )
     tok = tokenizer_of(cfg) if cfg is not None else CharTokenizer()
     length = args.length or model_length
-    prompt = _prompt(tok, args.prompt, args.num, length, mask_id)
+    if args.stride and cfg is None:
+        raise CommandError("--stride: the oracle denoiser takes any length in one window")
+    if args.stride > model_length:
+        raise CommandError(
+            f"--stride {args.stride} is longer than the model's context {model_length}"
+        )
+    if args.template:
+        prompt = _template(tok, args.template, args.marker, args.num, length, mask_id)
+    else:
+        prompt = _prompt(tok, args.prompt, args.num, length, mask_id)
     g = torch.Generator(device=device).manual_seed(args.seed)
     t0 = time.perf_counter()
     x, stats = sample(
@@ -272,9 +331,15 @@ def cmd_sample(argv: list[str]) -> int:
         return_stats=True,
         device=device,
         final=args.final,
+        context=model_length if cfg is not None else None,
+        stride=args.stride or None,
+        progress=args.progress,
     )
     seconds = time.perf_counter() - t0
     texts = [tok.decode(row.tolist()) for row in x]
+    if args.template:  # the generated spans in brackets
+        free = (prompt[0] == mask_id).tolist()
+        texts = [_marked(tok, row.tolist(), free) for row in x]
 
     def mean(name):  # over the IS steps and rows; None without IS steps
         v = stats[name]
@@ -291,6 +356,7 @@ def cmd_sample(argv: list[str]) -> int:
         "mean_ess": mean("ess"),
         "mean_sd_log_w": mean("sd_log_w"),
         "mean_energy_gain": mean("energy_gain"),
+        "blocks": stats.get("blocks", 1),
         "seconds_per_sample": round(seconds / args.num, 4),
         "tokens_per_second": round(args.num * length / seconds, 1),
     }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from . import ops, schedule
 
@@ -100,6 +101,9 @@ def sample(
     return_stats: bool = False,
     device: torch.device | str | None = None,
     final: str = "argmax",
+    context: int | None = None,
+    stride: int | None = None,
+    progress: bool = False,
 ):
     """Draw `batch_size` sequences of `length` tokens; (tokens, stats) when `return_stats`.
 
@@ -136,7 +140,41 @@ def sample(
     energy of the candidates minus the chosen one's (> 0: the chosen one is more likely). ESS near
     1 with sd_log_w of several nats means the step selects the best of k rather than reweighting
     (k too small for the energy). Also the IS steps' times ("is_times") and "seconds".
+
+    Longer than the model (semi-autoregressive, as MDLM's): `context` is the longest sequence the
+    denoiser takes (default: its `cfg.length` when it has one, else unlimited). When `length` is
+    larger, the first `context` tokens are sampled as above, then blocks of `stride` tokens
+    (default: context // 2) follow, each sampled with the last `context - stride` tokens so far
+    (and any prompt tokens in its window) fixed as its prompt; tokens once drawn never change.
+    The energy scores each block's window. Stats are summed over the blocks ("blocks" counts
+    them; the per-IS-step tensors are concatenated); `progress` shows a bar over the blocks.
     """
+    limit = context if context is not None else getattr(getattr(denoiser, "cfg", None), "length", 0)
+    if context is not None and context < 1:
+        raise ValueError(f"sample: context must be >= 1, got {context}")
+    if limit and length > limit:
+        return _semi_autoregressive(
+            denoiser,
+            limit,
+            stride,
+            progress,
+            batch_size=batch_size,
+            length=length,
+            mask_id=mask_id,
+            steps=steps,
+            energy=energy,
+            num_candidates=num_candidates,
+            window=window,
+            energy_temperature=energy_temperature,
+            temperature=temperature,
+            prompt=prompt,
+            generator=generator,
+            return_stats=return_stats,
+            device=device,
+            final=final,
+        )
+    if stride is not None and not limit:
+        raise ValueError("sample: stride is for sampling longer than the context; give context")
     _check(
         batch_size,
         length,
@@ -230,3 +268,55 @@ def sample(
         stats[name] = torch.stack(values) if values else torch.empty(0, B, device=device)
     stats["seconds"] = time.perf_counter() - start
     return x, stats
+
+
+def _semi_autoregressive(denoiser, context, stride, progress, *, length, prompt, **kw):
+    """`sample` beyond the denoiser's context: the first window, then blocks of `stride` tokens,
+    each with the `context - stride` tokens before it fixed (see `sample`)."""
+    stride = context // 2 if stride is None else stride
+    if not 1 <= stride <= context:
+        raise ValueError(f"sample: stride must be in [1, context = {context}], got {stride}")
+    B, mask_id = kw["batch_size"], kw["mask_id"]
+    if prompt is not None and (prompt.dtype != torch.int64 or tuple(prompt.shape) != (B, length)):
+        raise ValueError(
+            f"sample: prompt must be int64 [{B}, {length}] with mask_id where free, "
+            f"got {prompt.dtype} {list(prompt.shape)}"
+        )
+    return_stats = kw.pop("return_stats")
+    device = kw.pop("device")
+    device = torch.device(device) if device is not None else _device_of(denoiser, prompt)
+    out = torch.full((B, length), mask_id, dtype=torch.long, device=device)
+    if prompt is not None:
+        out = prompt.to(device).clone()
+    windows = [(0, context)]  # (start, end) of each block's window; its new tokens are the tail
+    pos = context
+    while pos < length:
+        new = min(stride, length - pos)
+        windows.append((pos + new - context, pos + new))
+        pos += new
+    totals = {"network_calls": 0, "energy_calls": 0, "is_steps": 0, "is_times": []}
+    per_step = {"ess": [], "sd_log_w": [], "energy_gain": []}
+    start = time.perf_counter()
+    for lo, hi in tqdm(windows, desc="edlm sample", unit="block", disable=not progress):
+        x, stats = sample(
+            denoiser,
+            length=context,
+            prompt=out[:, lo:hi].clone(),
+            return_stats=True,
+            device=device,
+            context=context,
+            **kw,
+        )
+        out[:, lo:hi] = x  # the window's fixed tokens come back unchanged
+        for name in ("network_calls", "energy_calls", "is_steps"):
+            totals[name] += stats[name]
+        totals["is_times"] += stats["is_times"]
+        for name in per_step:
+            per_step[name].append(stats[name])
+    if not return_stats:
+        return out
+    for name, values in per_step.items():
+        totals[name] = torch.cat(values)
+    totals["blocks"] = len(windows)
+    totals["seconds"] = time.perf_counter() - start
+    return out, totals

@@ -20,6 +20,7 @@ __all__ = [
     "GPT2Tokenizer",
     "HFTokenizer",
     "Tokenizer",
+    "encode_template",
     "load_tokenizer",
     "normalize_text8",
 ]
@@ -242,3 +243,32 @@ def load_tokenizer(name_or_path: str | os.PathLike | Tokenizer) -> Tokenizer:
     if str(name_or_path) in BUILTIN:
         return BUILTIN[str(name_or_path)]()
     return HFTokenizer(name_or_path)
+
+
+# --- templates (infilling) -------------------------------------------------------------------
+
+_MASK_RUN = re.compile(r"<mask:(\d+)>")
+
+
+def encode_template(tok: Tokenizer, template: str, marker: str = "_") -> list[int | None]:
+    """The ids of a fill-in template, None where a token is to be generated.
+
+    Each `marker` character is one generated token (for the character tokenizer, whose tokens are
+    characters), and `<mask:N>` is N generated tokens with any tokenizer (the form to use with
+    BPE, where a character is not a token). The text between them is encoded piece by piece, so
+    a piece keeps its own tokens whatever is generated next to it.
+    """
+    if len(marker) != 1 or marker.isspace():
+        raise ValueError(f"template: the marker must be one visible character, got {marker!r}")
+    pieces: list[int | None] = []
+    text_start = 0
+    pattern = re.compile(_MASK_RUN.pattern + "|" + re.escape(marker) + "+")
+    for m in pattern.finditer(template):
+        if m.start() > text_start:
+            pieces += tok.encode(template[text_start : m.start()])
+        count = int(m.group(1)) if m.group(1) is not None else len(m.group(0))
+        pieces += [None] * count
+        text_start = m.end()
+    if text_start < len(template):
+        pieces += tok.encode(template[text_start:])
+    return pieces
