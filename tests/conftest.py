@@ -27,7 +27,7 @@ DEVICES = [
 ]
 
 
-def _isa_params():
+def _device_isa_params():
     old = os.environ.pop("EDLM_CPU_CAPABILITY", None)
     try:
         native = edlm.ops.cpu_capability()
@@ -47,7 +47,7 @@ def device(request):
     return request.param
 
 
-@pytest.fixture(params=_isa_params())
+@pytest.fixture(params=_device_isa_params())
 def device_isa(request, monkeypatch):
     """The device for tests of the kernels' instruction sets too: the CPU once per instruction
     set of its kernels (EDLM_CPU_CAPABILITY), CUDA once (instruction sets are the CPU's)."""
