@@ -20,11 +20,15 @@ try:
     import torch
     from torch.utils import cpp_extension
 except ImportError:
+    # Plain `pip install .` gets here only when the environment being installed into has no torch
+    # (scripts/build_backend.py lends the build that environment's torch).
     sys.exit(
-        "edlm: torch is not importable in this build environment. edlm compiles against the torch\n"
-        "you already have, so build it without isolation, in an environment that has torch:\n"
-        "    pip install torch && pip install --no-build-isolation .\n"
-        "(or run `bash scripts/bootstrap.sh`, which does both in .venv)."
+        f"edlm: torch is not installed in {sys.prefix}. edlm compiles its extension against the\n"
+        "torch it will run with, so install torch into this environment first, then edlm:\n"
+        "    pip install torch --index-url https://download.pytorch.org/whl/cpu     # CPU\n"
+        "    pip install torch --index-url https://download.pytorch.org/whl/cu130   # CUDA 13.0\n"
+        "    pip install .\n"
+        "(or `bash scripts/bootstrap.sh`, which does both in .venv)."
     )
 
 ISA_FLAGS = {

@@ -3,14 +3,16 @@ torch.compile of their references (edlm.reference), at the EDLM sampling shape (
 (16, 1024, 50258) bf16. Each op is checked against the reference before it is timed.
 
 Prints one table (median time, effective GB/s, fraction of this card's measured device-to-device
-copy bandwidth, speedups) and appends it to BENCHMARKS.md under a heading naming the card.
-Run by benchmarks/gpu_check.sh; `python benchmarks/gpu_bench.py --help` for options.
+copy bandwidth, speedups) and appends it, row by row as each is measured, to the file --out (the
+results file of benchmarks/gpu_check.sh, which runs it), so that a run cut off keeps its rows.
+The copy bandwidth is measured with torch and, where cupy is importable, with cupy's own
+device-to-device copy, as an independent check of the denominator.
+`python benchmarks/gpu_bench.py --help` for options.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import statistics
 from pathlib import Path
@@ -19,8 +21,6 @@ import torch
 
 import edlm
 from edlm import ops, reference
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def cuda_time(fn, reps: int, warmup: int = 3) -> float:
@@ -39,14 +39,46 @@ def cuda_time(fn, reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int = 4 << 30) -> float:
-    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written, per second)."""
+def copy_nbytes(nbytes: int = 4 << 30) -> int:
     free, _ = torch.cuda.mem_get_info()
-    nbytes = min(nbytes, free // 4)
+    return min(nbytes, free // 4)
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written, per second), torch's
+    copy_ of one large buffer."""
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     t = cuda_time(lambda: dst.copy_(src), reps=20)
     return 2 * nbytes / t
+
+
+def cupy_copy_bandwidth(nbytes: int, reps: int = 20) -> float | None:
+    """The same with cupy alone (its allocator, cudaMemcpyAsync device to device, its events), or
+    None where cupy is not importable; optional, only used here."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    src = cupy.empty(nbytes, dtype=cupy.uint8)
+    dst = cupy.empty_like(src)
+    stream = cupy.cuda.get_current_stream()
+
+    def copy():
+        dst.data.copy_from_device_async(src.data, nbytes, stream)
+
+    for _ in range(3):
+        copy()
+    stream.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record(stream)
+        copy()
+        end.record(stream)
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+    return 2 * nbytes / statistics.median(times)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,19 +154,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="16,1024,50258", help="B,L,V (default 16,1024,50258)")
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="file to append to")
+    parser.add_argument("--out", required=True, help="file to append the table to, row by row")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     args = parser.parse_args()
     if not (torch.cuda.is_available() and edlm._C.has_cuda()):
         raise SystemExit("gpu_bench: needs a GPU and edlm built with its CUDA kernels")
+    out = Path(args.out)
+
+    def write(text):
+        print(text)
+        with out.open("a") as f:
+            f.write(text + "\n")
 
     B, L, V = (int(s) for s in args.shape.split(","))
     dtype = torch.bfloat16
-    card = torch.cuda.get_device_name()
-    copy_bw = copy_bandwidth()
-    print(
-        f"gpu_bench: {card}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
-        f"device-to-device copy {copy_bw / 1e9:.0f} GB/s"
+    nbytes = copy_nbytes()
+    copy_bw = copy_bandwidth(nbytes)
+    torch.cuda.empty_cache()  # room for cupy's buffers
+    cupy_bw = cupy_copy_bandwidth(nbytes)
+    if cupy_bw is not None:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+    cupy_note = (
+        "cupy not importable (optional)"
+        if cupy_bw is None
+        else f"{cupy_bw / 1e9:.0f} GB/s with cupy's own copy ({cupy_bw / copy_bw:.2f}x torch's)"
+    )
+    write(
+        f"Device-to-device copy of {nbytes / 2**30:.1f} GiB (read + write): "
+        f"{copy_bw / 1e9:.0f} GB/s with torch's copy_; {cupy_note}. The table divides by torch's.\n"
     )
 
     torch.manual_seed(0)
@@ -172,70 +221,37 @@ def main():
         )
     )
 
-    rows = []
+    write(
+        "| op | shape (B, L, V) | dtype | median ms | GB/s | of copy BW | vs eager | "
+        "vs compiled ref | check |"
+    )
+    write("|---|---|---|---:|---:|---:|---:|---:|---|")
     fused_time = {}
-    for op, shape, fused, eager, compiled, nbytes, check in cases:
+    for op, shape, fused, eager, compiled, nbytes_op, check in cases:
         note = check()
         print(f"gpu_bench: {op}: all results match the reference ({note}); timing")
         t = cuda_time(fused, args.reps)
         fused_time[op] = t
         t_eager = cuda_time(eager, max(3, args.reps // 4))
-        t_comp = None
+        comp = "n/a"
         if not args.no_compile:
             try:
-                t_comp = cuda_time(compiled, max(3, args.reps // 4))
+                comp = f"{cuda_time(compiled, max(3, args.reps // 4)) / t:.1f}x"
             except Exception as e:
                 print(f"gpu_bench: torch.compile of the reference failed for {op}: {e}")
+                comp = "failed"
         torch.cuda.empty_cache()
-        gbs = nbytes / t / 1e9
-        rows.append(
-            (
-                op,
-                shape,
-                "bf16",
-                t * 1e3,
-                gbs,
-                gbs * 1e9 / copy_bw,
-                t_eager / t,
-                None if t_comp is None else t_comp / t,
-            )
-        )
-
-    header = (
-        "| op | shape (B, L, V) | dtype | median ms | GB/s | of copy BW | vs eager | "
-        "vs compiled ref |"
-    )
-    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|"]
-    for op, shape, dt, ms, gbs, frac, sp_eager, sp_comp in rows:
-        comp = "n/a" if sp_comp is None else f"{sp_comp:.1f}x"
-        lines.append(
-            f"| {op} | {shape} | {dt} | {ms:.3f} | {gbs:.0f} | {frac:.0%} | "
-            f"{sp_eager:.1f}x | {comp} |"
+        gbs = nbytes_op / t / 1e9
+        write(
+            f"| {op} | {shape} | bf16 | {t * 1e3:.3f} | {gbs:.0f} | {gbs * 1e9 / copy_bw:.0%} | "
+            f"{t_eager / t:.1f}x | {comp} | {note} |"
         )
     ratio = fused_time["masked_sample K=4"] / fused_time["masked_sample K=1"]
-    summary = (
-        f"masked_sample K=4 / K=1 time: {ratio:.2f}x (target <= 1.5x). "
-        f"Copy bandwidth: {copy_bw / 1e9:.0f} GB/s (torch copy_ of a large buffer, "
-        "read + write)."
+    write(
+        f"\nmasked_sample K=4 / K=1 time: {ratio:.2f}x (target <= 1.5x). Fused CUDA ops against "
+        "the eager PyTorch composite they replace and against torch.compile of the fp64 reference "
+        f"in edlm.reference; all positions masked; edlm {edlm.__version__}."
     )
-    table = "\n".join(lines)
-    print(table)
-    print(summary)
-
-    out = Path(args.out)
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = "" if out.exists() else "# Benchmarks\n"
-    text += (
-        f"\n## GPU: {card} ({when}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
-        f"edlm {edlm.__version__})\n\n"
-        "Fused CUDA ops against the eager PyTorch composite they replace and against "
-        "torch.compile of the fp64 reference in edlm.reference; all positions masked. "
-        "Produced by benchmarks/gpu_bench.py.\n\n"
-        f"{table}\n\n{summary}\n"
-    )
-    with out.open("a") as f:
-        f.write(text)
-    print(f"gpu_bench: appended to {out}")
 
 
 if __name__ == "__main__":

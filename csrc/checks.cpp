@@ -12,6 +12,7 @@ namespace edlm {
 namespace {
 
 constexpr int64_t kMaxCounter = std::numeric_limits<uint32_t>::max();
+constexpr float kLog2e = 1.4426950408889634f;
 
 void check_index_tensor(const char* op, const char* name, const at::Tensor& t,
                         const at::Tensor& logits) {
@@ -56,6 +57,14 @@ void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t
               ", num_samples = ", num_samples);
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0.0, op,
               ": temperature must be finite and > 0, got ", temperature);
+  // The kernels scale by 1/T in fp32 (CPU) and by 1/T * log2(e) in fp32 (CUDA, for exp2f): both
+  // must be normal floats, else -inf logits times a zero (or flushed subnormal) scale give NaN.
+  const float inv_t = static_cast<float>(1.0 / temperature);
+  TORCH_CHECK(std::isnormal(inv_t) && std::isnormal(inv_t * kLog2e), op,
+              ": temperature = ", temperature, " is outside [",
+              kLog2e / std::numeric_limits<float>::max(), ", ",
+              1.0 / std::numeric_limits<float>::min(),
+              "], where 1/T and 1/T * log2(e) are normal float32 numbers");
 }
 
 void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,
@@ -87,6 +96,10 @@ void check_importance_resample(const at::Tensor& log_weights, int64_t num_sample
   TORCH_CHECK(num_samples >= 1, op, ": num_samples must be >= 1, got ", num_samples);
   TORCH_CHECK(num_samples <= kMaxCounter, op, ": num_samples must be below 2^32, got ",
               num_samples);
+}
+
+at::Tensor unit_column_stride(const at::Tensor& logits) {
+  return logits.size(-1) <= 1 || logits.stride(-1) == 1 ? logits : logits.contiguous();
 }
 
 }  // namespace edlm

@@ -21,4 +21,8 @@ void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,
 
 void check_importance_resample(const at::Tensor& log_weights, int64_t num_samples);
 
+// The logits as the kernels read them: in place when the columns are adjacent (stride(-1) == 1,
+// any other strides and storage offset), else a contiguous copy.
+at::Tensor unit_column_stride(const at::Tensor& logits);
+
 }  // namespace edlm

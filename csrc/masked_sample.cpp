@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(const at::Tensor& logits_in
   constexpr const char* op = "masked_sample";
   check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
   TORCH_CHECK(logits_in.device().is_cpu(), op, ": expected CPU tensors, got ", logits_in.device());
-  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor logits = unit_column_stride(logits_in);  // rows read in place
   const at::Tensor xt = xt_in.contiguous();
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2), K = num_samples;
 
@@ -61,6 +61,8 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(const at::Tensor& logits_in
   p.L = L;
   p.V = V;
   p.K = K;
+  p.stride_b = logits.stride(0);
+  p.stride_l = logits.stride(1);
   p.xt = x;
   p.masked = masked.data();
   p.num_masked = static_cast<int64_t>(masked.size());

@@ -14,7 +14,7 @@ at::Tensor sequence_logprob_cpu(const at::Tensor& logits_in, const at::Tensor& t
   constexpr const char* op = "sequence_logprob";
   check_sequence_logprob(logits_in, tokens_in, weight_in);
   TORCH_CHECK(logits_in.device().is_cpu(), op, ": expected CPU tensors, got ", logits_in.device());
-  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor logits = unit_column_stride(logits_in);  // rows read in place
   const at::Tensor tokens = tokens_in.contiguous();
   const int64_t N = logits.size(0), L = logits.size(1), V = logits.size(2);
   const at::Tensor weight = weight_in.has_value()
@@ -35,6 +35,8 @@ at::Tensor sequence_logprob_cpu(const at::Tensor& logits_in, const at::Tensor& t
   p.N = N;
   p.L = L;
   p.V = V;
+  p.stride_n = logits.stride(0);
+  p.stride_l = logits.stride(1);
   p.tokens = tok;
   p.weight = w;
   p.terms = terms.data_ptr<double>();

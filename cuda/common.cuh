@@ -35,12 +35,9 @@ struct F16 {
   }
 };
 
-// Sixteen bytes at a 16-byte-aligned address, as kVec floats in x[0, kVec) (inlined with constant
-// offsets, x stays in registers).
+// Four 32-bit words (16 bytes of logits) as kVec floats in x[0, kVec).
 template <typename D>
-__device__ __forceinline__ void load_vec(const typename D::storage* p, float* x) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+__device__ __forceinline__ void words_to_floats(const uint32_t (&w)[4], float* x) {
   if constexpr (D::kVec == 4) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) x[j] = __uint_as_float(w[j]);
@@ -53,22 +50,50 @@ __device__ __forceinline__ void load_vec(const typename D::storage* p, float* x)
   }
 }
 
-// A row of V elements split for 16-byte loads: `head` scalars up to the first aligned address,
-// `nv` aligned vectors, then `tail` scalars (head, tail < kVec). Column of vector element j of
-// vector v: head + v * kVec + j.
+// A row of V elements split by column alone, whatever its address: vector v holds columns
+// [v * kVec, (v + 1) * kVec) for v < nv = V / kVec, then `tail` = V % kVec scalar columns. So which
+// thread sums which columns (and hence every fp32 rounding and every draw) is the same for the same
+// row at any 16-byte phase (a storage-offset view, an odd row stride or V). `shift` is the row's
+// byte offset inside its 16-byte word; it only chooses how a vector is loaded (load_cols).
 struct RowLayout {
-  int head;
   int nv;
   int tail;
+  int shift;
 };
 
 template <typename D>
 __device__ __forceinline__ RowLayout row_layout(const typename D::storage* row, int V) {
-  constexpr int kBytes = sizeof(typename D::storage);
-  const int misaligned = static_cast<int>(reinterpret_cast<uintptr_t>(row) & 15u) / kBytes;
-  const int head = min(misaligned == 0 ? 0 : D::kVec - misaligned, V);
-  const int nv = (V - head) / D::kVec;
-  return RowLayout{head, nv, V - head - nv * D::kVec};
+  const int nv = V / D::kVec;
+  return RowLayout{nv, V - nv * D::kVec, static_cast<int>(reinterpret_cast<uintptr_t>(row) & 15u)};
+}
+
+// Vector v of a row (columns [v * kVec, (v + 1) * kVec)) as kVec floats in x[0, kVec), inlined with
+// constant offsets so x stays in registers. An aligned row takes one 16-byte load; otherwise the
+// two aligned 16-byte words around the vector are loaded (the second is mostly an L1 hit: the next
+// thread loads it as its first) and shifted into place, by whole words with selects (a run-time
+// index into w would put it in local memory), then by the remaining bytes with funnel shifts.
+template <typename D>
+__device__ __forceinline__ void load_cols(const typename D::storage* row, const RowLayout& lay,
+                                          int v, float* x) {
+  const char* p = reinterpret_cast<const char*>(row + static_cast<int64_t>(v) * D::kVec);
+  uint32_t r[4];
+  if (lay.shift == 0) {
+    const uint4 a = *reinterpret_cast<const uint4*>(p);
+    r[0] = a.x, r[1] = a.y, r[2] = a.z, r[3] = a.w;
+  } else {
+    const uint4* q = reinterpret_cast<const uint4*>(p - lay.shift);
+    const uint4 a = q[0], b = q[1];
+    uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    const int words = lay.shift >> 2;
+    const unsigned bits = (lay.shift & 3) * 8u;
+#pragma unroll
+    for (int i = 0; i < 6; ++i) w[i] = (words & 2) ? w[i + 2] : w[i];
+#pragma unroll
+    for (int i = 0; i < 5; ++i) w[i] = (words & 1) ? w[i + 1] : w[i];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r[i] = __funnelshift_r(w[i], w[i + 1], bits);
+  }
+  words_to_floats<D>(r, x);
 }
 
 // Online softmax state of one thread: m is the max of what it has seen and s the fp32 sum of
@@ -103,24 +128,19 @@ struct OnlineSum {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// One read of thread `tid`'s segment of a row (head element tid, vectors tid + i * kThreads, tail
-// element tid): its max and exp-sum. Column `skip` (the mask column, or -1) counts as -inf.
+// One read of thread `tid`'s segment of a row (vectors tid + i * kThreads, then tail column
+// nv * kVec + tid): its max and exp-sum. Column `skip` (the mask column, or -1) counts as -inf.
 template <typename D, int kThreads>
 __device__ __forceinline__ OnlineSum row_pass(const typename D::storage* row, const RowLayout& lay,
                                               int skip, float scale, int tid) {
   constexpr int kVec = D::kVec;
   constexpr int kUnroll = 4;
   OnlineSum acc;
-  const typename D::storage* vec_base = row + lay.head;
   // The vector and lane holding `skip`, if it is in the vector part.
-  const int skip_v = skip >= lay.head ? (skip - lay.head) / kVec : -1;
-  const int skip_j = skip >= lay.head ? (skip - lay.head) % kVec : 0;
-  if (tid < lay.head) {
-    const float x[1] = {tid == skip ? -kInf : D::to_float(row[tid])};
-    acc.add(x, scale);
-  }
+  const int skip_v = skip >= 0 ? skip / kVec : -1;
+  const int skip_j = skip >= 0 ? skip % kVec : 0;
   if (tid < lay.tail) {
-    const int col = lay.head + lay.nv * kVec + tid;
+    const int col = lay.nv * kVec + tid;
     const float x[1] = {col == skip ? -kInf : D::to_float(row[col])};
     acc.add(x, scale);
   }
@@ -128,9 +148,7 @@ __device__ __forceinline__ OnlineSum row_pass(const typename D::storage* row, co
   for (; v + (kUnroll - 1) * kThreads < lay.nv; v += kUnroll * kThreads) {
     float x[kUnroll * kVec];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      load_vec<D>(vec_base + (v + u * kThreads) * kVec, x + u * kVec);
-    }
+    for (int u = 0; u < kUnroll; ++u) load_cols<D>(row, lay, v + u * kThreads, x + u * kVec);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       if (v + u * kThreads == skip_v) {
@@ -144,7 +162,7 @@ __device__ __forceinline__ OnlineSum row_pass(const typename D::storage* row, co
   }
   for (; v < lay.nv; v += kThreads) {
     float x[kVec];
-    load_vec<D>(vec_base + v * kVec, x);
+    load_cols<D>(row, lay, v, x);
     if (v == skip_v) {
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {

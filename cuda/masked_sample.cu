@@ -46,11 +46,12 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
 struct MaskedSampleArgs {
-  const void* logits;  // [B, L, V] contiguous
-  const int64_t* xt;   // [B, L]
+  const void* logits;  // [B, L, V], any layout with unit column stride
+  const int64_t* xt;   // [B, L] contiguous
   int64_t* tokens;     // [B, K, L]
   float* logp;         // [B, K, L]
   int64_t L, K;
+  int64_t stride_b, stride_l;  // logits strides, in elements
   int V, mask_id;
   float inv_t;
   at::PhiloxCudaState philox;
@@ -81,7 +82,7 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
   const uint32_t l32 = static_cast<uint32_t>(l), b32 = static_cast<uint32_t>(b);
 
   // One pass over the row: per-thread max and fp32 exp-sum against it.
-  const S* row = static_cast<const S*>(a.logits) + pos * a.V;
+  const S* row = static_cast<const S*>(a.logits) + b * a.stride_b + l * a.stride_l;
   const RowLayout lay = row_layout<D>(row, a.V);
   const float scale = a.inv_t * kLog2e;  // exp(y / T) = exp2f(y * scale)
   const OnlineSum acc = row_pass<D, kThreads>(row, lay, a.mask_id, scale, tid);
@@ -138,7 +139,6 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
   const double log_total = log(total);
 
   // Draws: warp `warp` takes k = warp, warp + kWarps, ...
-  const S* vec_base = row + lay.head;
   for (int64_t k = warp; k < K; k += kWarps) {
     const uint32_t k32 = static_cast<uint32_t>(k);
     const Philox4 u = philox4x32_10(l32, k32, b32, kTokenStream, key);
@@ -157,21 +157,18 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
     if (c < 0) c = last_positive_sh;  // u1 * total rounded up to total
 
     // Token inside segment c: lane i takes vectors c + (i + 32 r) * kThreads, lane 0 also the
-    // head and tail elements; the same visit order both times.
+    // tail element; the same visit order both times.
     const float mc = seg_max[c];
     auto visit = [&](auto&& f) {
-      if (lane == 0) {
-        if (c < lay.head) f(c, D::to_float(row[c]));
-        if (c < lay.tail) {
-          const int col = lay.head + lay.nv * kVec + c;
-          f(col, D::to_float(row[col]));
-        }
+      if (lane == 0 && c < lay.tail) {
+        const int col = lay.nv * kVec + c;
+        f(col, D::to_float(row[col]));
       }
       for (int v = c + lane * kThreads; v < lay.nv; v += 32 * kThreads) {
         float xs[kVec];
-        load_vec<D>(vec_base + v * kVec, xs);
+        load_cols<D>(row, lay, v, xs);
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) f(lay.head + v * kVec + j, xs[j]);
+        for (int j = 0; j < kVec; ++j) f(v * kVec + j, xs[j]);
       }
     };
     auto weight = [&](int col, float xv) {
@@ -215,7 +212,8 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(const at::Tensor& logits_i
   check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
   TORCH_CHECK(logits_in.is_cuda(), op, ": expected CUDA tensors, got ", logits_in.device());
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous();
+  // Rows are read in place wherever their columns are adjacent (row_layout handles any address).
+  const at::Tensor logits = unit_column_stride(logits_in);
   const at::Tensor xt = xt_in.contiguous();
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2), K = num_samples;
   TORCH_CHECK(V <= std::numeric_limits<int>::max(), op, ": V must be below 2^31, got ", V);
@@ -241,6 +239,8 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(const at::Tensor& logits_i
   a.logp = logp.data_ptr<float>();
   a.L = L;
   a.K = K;
+  a.stride_b = logits.stride(0);
+  a.stride_l = logits.stride(1);
   a.V = static_cast<int>(V);
   a.mask_id = static_cast<int>(mask_id);
   a.inv_t = static_cast<float>(1.0 / temperature);

@@ -29,11 +29,12 @@ namespace {
 constexpr int kThreads = 256;
 
 struct SequenceLogprobArgs {
-  const void* logits;     // [N, L, V] contiguous
-  const int64_t* tokens;  // [N, L]
+  const void* logits;     // [N, L, V], any layout with unit column stride
+  const int64_t* tokens;  // [N, L] contiguous
   const double* weight;   // [N, L] or null (all ones)
   double* terms;          // [N, L] out
   int64_t L;
+  int64_t stride_n, stride_l;  // logits strides, in elements
   int V;
 };
 
@@ -56,7 +57,8 @@ __global__ void __launch_bounds__(kThreads) sequence_logprob_kernel(const Sequen
     }
     return;
   }
-  const S* row = static_cast<const S*>(a.logits) + pos * a.V;
+  const S* row =
+      static_cast<const S*>(a.logits) + (pos / a.L) * a.stride_n + (pos % a.L) * a.stride_l;
   const OnlineSum acc = row_pass<D, kThreads>(row, row_layout<D>(row, a.V), -1, kLog2e, tid);
   if (__syncthreads_or(acc.invalid())) {
     if (tid == 0) a.terms[pos] = std::numeric_limits<double>::quiet_NaN();
@@ -102,7 +104,8 @@ at::Tensor sequence_logprob_cuda(const at::Tensor& logits_in, const at::Tensor& 
   check_sequence_logprob(logits_in, tokens_in, weight_in);
   TORCH_CHECK(logits_in.is_cuda(), op, ": expected CUDA tensors, got ", logits_in.device());
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous();
+  // Rows are read in place wherever their columns are adjacent (row_layout handles any address).
+  const at::Tensor logits = unit_column_stride(logits_in);
   const at::Tensor tokens = tokens_in.contiguous();
   const int64_t N = logits.size(0), L = logits.size(1), V = logits.size(2);
   TORCH_CHECK(V <= std::numeric_limits<int>::max(), op, ": V must be below 2^31, got ", V);
@@ -113,30 +116,32 @@ at::Tensor sequence_logprob_cuda(const at::Tensor& logits_in, const at::Tensor& 
 
   at::Tensor out = at::empty({N}, logits.options().dtype(at::kFloat));
   if (N == 0) return out;
+  // Nothing to sum: zeros, as on the CPU, and no launch (N blocks may exceed the grid limit).
+  if (L == 0) return out.zero_();
   at::Tensor terms = at::empty({N, L}, logits.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if (L > 0) {
-    SequenceLogprobArgs a{};
-    a.logits = logits.data_ptr();
-    a.tokens = tokens.data_ptr<int64_t>();
-    a.weight = weight.defined() ? weight.data_ptr<double>() : nullptr;
-    a.terms = terms.data_ptr<double>();
-    a.L = L;
-    a.V = static_cast<int>(V);
-    const dim3 grid(static_cast<unsigned>(N * L));
-    switch (logits_type(op, logits)) {
-      case cpu::LogitsType::kFloat:
-        sequence_logprob_kernel<F32><<<grid, kThreads, 0, stream>>>(a);
-        break;
-      case cpu::LogitsType::kBFloat16:
-        sequence_logprob_kernel<BF16><<<grid, kThreads, 0, stream>>>(a);
-        break;
-      case cpu::LogitsType::kHalf:
-        sequence_logprob_kernel<F16><<<grid, kThreads, 0, stream>>>(a);
-        break;
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  SequenceLogprobArgs a{};
+  a.logits = logits.data_ptr();
+  a.tokens = tokens.data_ptr<int64_t>();
+  a.weight = weight.defined() ? weight.data_ptr<double>() : nullptr;
+  a.terms = terms.data_ptr<double>();
+  a.L = L;
+  a.stride_n = logits.stride(0);
+  a.stride_l = logits.stride(1);
+  a.V = static_cast<int>(V);
+  const dim3 grid(static_cast<unsigned>(N * L));
+  switch (logits_type(op, logits)) {
+    case cpu::LogitsType::kFloat:
+      sequence_logprob_kernel<F32><<<grid, kThreads, 0, stream>>>(a);
+      break;
+    case cpu::LogitsType::kBFloat16:
+      sequence_logprob_kernel<BF16><<<grid, kThreads, 0, stream>>>(a);
+      break;
+    case cpu::LogitsType::kHalf:
+      sequence_logprob_kernel<F16><<<grid, kThreads, 0, stream>>>(a);
+      break;
   }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   sum_rows_kernel<<<static_cast<unsigned>(N), kThreads, 0, stream>>>(terms.data_ptr<double>(), L,
                                                                      out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

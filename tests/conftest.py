@@ -27,18 +27,19 @@ DEVICES = [
 ]
 
 
-def _isa_params():
-    params = ["default"]
+def _device_isa_params():
     old = os.environ.pop("EDLM_CPU_CAPABILITY", None)
     try:
         native = edlm.ops.cpu_capability()
     finally:
         if old is not None:
             os.environ["EDLM_CPU_CAPABILITY"] = old
-    params.append(
-        pytest.param("avx2", marks=pytest.mark.skipif(native != "avx2", reason="CPU lacks AVX2"))
-    )
-    return params
+    avx2 = pytest.mark.skipif(native != "avx2", reason="CPU lacks AVX2")
+    return [
+        pytest.param(("cpu", "default"), id="cpu-default"),
+        pytest.param(("cpu", "avx2"), marks=avx2, id="cpu-avx2"),
+        pytest.param(("cuda", None), marks=DEVICES[1].marks, id="cuda"),
+    ]
 
 
 @pytest.fixture(params=DEVICES)
@@ -46,9 +47,12 @@ def device(request):
     return request.param
 
 
-@pytest.fixture(params=_isa_params())
-def isa(request, monkeypatch):
-    """Runs a CPU test once per instruction set of the CPU kernels."""
-    monkeypatch.setenv("EDLM_CPU_CAPABILITY", request.param)
-    assert edlm.ops.cpu_capability() == request.param
-    return request.param
+@pytest.fixture(params=_device_isa_params())
+def device_isa(request, monkeypatch):
+    """The device for tests of the kernels' instruction sets too: the CPU once per instruction
+    set of its kernels (EDLM_CPU_CAPABILITY), CUDA once (instruction sets are the CPU's)."""
+    device, isa = request.param
+    if isa is not None:
+        monkeypatch.setenv("EDLM_CPU_CAPABILITY", isa)
+        assert edlm.ops.cpu_capability() == isa
+    return device

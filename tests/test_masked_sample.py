@@ -3,6 +3,7 @@
 determinism, batch invariance, awkward sizes and bad input."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -68,7 +69,8 @@ def test_temperature_scales_logp(device):
 
 
 @pytest.mark.parametrize("mask_id", [0, 55, 110])
-def test_mask_column_is_excluded_wherever_it_is(device, isa, mask_id):
+def test_mask_column_is_excluded_wherever_it_is(device_isa, mask_id):
+    device = device_isa
     # The mask logit is by far the largest: a sampler that forgets to exclude it draws only it.
     V = 111
     logits = torch.zeros(1, 64, V)
@@ -169,6 +171,47 @@ def test_non_contiguous_inputs(device):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_column_strided_views_are_read_in_place(device):
+    # A slice of the vocabulary at an odd offset (unit column stride, odd row stride): the same
+    # draws as its contiguous copy, and no copy made (a copy would show as aten::contiguous).
+    torch.manual_seed(2)
+    wide = torch.randn(3, 11, 131, device=device)
+    logits = wide[:, :, 5:106]  # [3, 11, 101], strides (1441, 131, 1), storage offset 5
+    xt = torch.full((3, 11), 100, device=device)
+    xt[:, ::4] = 3
+    want = ops.masked_sample(logits.contiguous(), xt, 100, num_samples=3, generator=gen(4, device))
+    with torch.profiler.profile() as prof:
+        got = ops.masked_sample(logits, xt, 100, num_samples=3, generator=gen(4, device))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    names = {e.name for e in prof.events()}
+    assert "edlm::masked_sample" in names and "aten::contiguous" not in names, sorted(names)
+    # A layout whose columns are not adjacent is copied first: the same draws again.
+    cols = logits.contiguous().transpose(1, 2).contiguous().transpose(1, 2)  # stride(-1) = 11
+    with torch.profiler.profile() as prof:
+        again = ops.masked_sample(cols, xt, 100, num_samples=3, generator=gen(4, device))
+    assert torch.equal(again[0], want[0]) and torch.equal(again[1], want[1])
+    assert "aten::contiguous" in {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_same_rows_at_any_address_draw_the_same_tokens(device, dtype):
+    # The README's determinism claim: the same logits and seed give the same tokens wherever
+    # the rows lie in memory. Storage offsets 1..7 put every row at another 16-byte phase (and
+    # V = 1001 puts consecutive rows at different phases already).
+    torch.manual_seed(5)
+    B, L, V = 2, 6, 1001
+    logits = (torch.randn(B, L, V) * 3).to(dtype).to(device)
+    xt = torch.full((B, L), V - 1, device=device)
+    want = ops.masked_sample(logits, xt, V - 1, num_samples=8, generator=gen(6, device))
+    for offset in range(1, 8):
+        buf = torch.empty(offset + B * L * V, dtype=dtype, device=device)
+        view = buf[offset:].view(B, L, V)
+        view.copy_(logits)
+        got = ops.masked_sample(view, xt, V - 1, num_samples=8, generator=gen(6, device))
+        assert torch.equal(got[0], want[0]), f"offset {offset}"
+        assert torch.equal(got[1], want[1]), f"offset {offset}"
+
+
 # ---------------------------------------------------------------- distribution
 
 
@@ -188,7 +231,8 @@ def draw_counts(logits, mask_id, K, device, seed, temperature=1.0, dtype=torch.f
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 2.0])
-def test_goodness_of_fit_per_row(device, isa, dtype, temperature):
+def test_goodness_of_fit_per_row(device_isa, dtype, temperature):
+    device = device_isa
     # Rows that differ (one favours low ids, one high ids, one flat-ish): each row's draws must
     # fit its own distribution, which a wrong temperature, a flipped sign or mixed rows fail.
     torch.manual_seed(42)
@@ -209,7 +253,8 @@ def test_goodness_of_fit_per_row(device, isa, dtype, temperature):
             assert chi_square(counts[b, 0], wrong)[0] > chi_square_bound(df)
 
 
-def test_large_vocabulary_fit(device, isa):
+def test_large_vocabulary_fit(device_isa):
+    device = device_isa
     # V = 50258 crosses many sampling blocks; pooled into 64 bins of ids for the test.
     torch.manual_seed(3)
     V, K = 50258, 4000
@@ -224,7 +269,8 @@ def test_large_vocabulary_fit(device, isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tail_at_1e_minus_9_is_drawn_at_its_true_rate(device, isa, dtype):
+def test_tail_at_1e_minus_9_is_drawn_at_its_true_rate(device_isa, dtype):
+    device = device_isa
     # One top token and 200000 tokens at 1e-9 of it: together they hold ~2e-4 of the mass.
     # fp32 Gumbel-max with clamps (EDLM.md trap 6) never draws them; exact sampling does.
     V, rows, K = 200_002, 8, 100_000
@@ -246,7 +292,8 @@ def test_tail_at_1e_minus_9_is_drawn_at_its_true_rate(device, isa, dtype):
     assert tail.unique().numel() > 0.9 * tail.numel()
 
 
-def test_tail_of_a_single_token(device, isa):
+def test_tail_of_a_single_token(device_isa):
+    device = device_isa
     # A single token at 1e-6 relative to the top: 2e6 draws give ~2 +- 1.4 hits; over 5 rows
     # the count is Poisson(10): a sampler that drops it gets 0.
     V, rows, K = 100, 5, 2_000_000
@@ -341,6 +388,40 @@ def test_bad_input(device):
         xt,
         4,
         temperature=-1.0,
+    )
+    # 1/T or 1/T * log2(e) outside the normal float32 range: NaN from -inf logits otherwise.
+    for temperature in (1e-39, 4e-39, 1e38, 1e45, 1e300):
+        bad(
+            re.escape(f"masked_sample: temperature = {temperature:g} is outside [")
+            + r"4\.2\d*e-39, 8\.5\d*e\+37\]",
+            logits,
+            xt,
+            4,
+            temperature=temperature,
+        )
+
+
+def test_extreme_temperatures_in_range(device):
+    # Just inside the accepted range: T = 1e-38 draws the argmax with probability 1, T = 1e37
+    # draws uniformly over the finite real tokens; -inf logits stay impossible at both.
+    torch.manual_seed(8)
+    V = 300
+    logits = torch.randn(4, 9, V)
+    logits[:, :, ::7] = float("-inf")
+    xt = torch.full((4, 9), V - 1)
+    real = logits[..., : V - 1]
+    tokens, logp = ops.masked_sample(
+        logits.to(device), xt.to(device), V - 1, num_samples=5, temperature=1e-38
+    )
+    assert torch.equal(tokens.cpu(), real.argmax(-1).unsqueeze(1).expand(4, 5, 9))
+    assert torch.all(logp == 0)
+    tokens, logp = ops.masked_sample(
+        logits.to(device), xt.to(device), V - 1, num_samples=5, temperature=1e37
+    )
+    assert torch.all(tokens.cpu() % 7 != 0) and torch.all(tokens < V - 1)
+    n_finite = torch.isfinite(real[0, 0]).sum().item()
+    torch.testing.assert_close(
+        logp.cpu(), torch.full((4, 5, 9), -math.log(n_finite)), rtol=0, atol=1e-5
     )
 
 

@@ -215,6 +215,15 @@ def test_bad_arguments():
         edlm.sample(
             den, batch_size=2, length=L, mask_id=MASK, prompt=torch.zeros(2, 5, dtype=torch.long)
         )
+    # A generator of another device than the sampling: said up front, before any op is called.
+    with pytest.raises(
+        ValueError,
+        match=r"sample: the generator is on cpu but sampling runs on cuda: pass "
+        r"torch\.Generator\(device='cuda'\)",
+    ):
+        edlm.sample(
+            den, batch_size=1, length=L, mask_id=MASK, device="cuda", generator=torch.Generator()
+        )
 
 
 # ---------------------------------------------------------------- the AR energy

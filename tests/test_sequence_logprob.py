@@ -18,7 +18,8 @@ def case(N, L, V, device, dtype=torch.float32, scale=3.0, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("weight_kind", ["none", "bool", "float32", "float64"])
-def test_matches_reference(device, isa, dtype, weight_kind):
+def test_matches_reference(device_isa, dtype, weight_kind):
+    device = device_isa
     logits, tokens = case(3, 97, 111, device, dtype)
     weight = {
         "none": None,
@@ -57,7 +58,8 @@ def test_accumulates_large_energies_exactly(device):
     torch.testing.assert_close(out.cpu(), expect, rtol=2e-7, atol=0)
 
 
-def test_extreme_logits(device, isa):
+def test_extreme_logits(device_isa):
+    device = device_isa
     # Widely spread logits (beyond fp32 exp range in differences) and -inf entries.
     logits = torch.randn(2, 6, 5000) * 200
     logits[0, 0, 10:20] = float("-inf")
@@ -135,6 +137,52 @@ def test_torch_compile_fullgraph(device):
     torch.testing.assert_close(
         energy(logits, tokens, weight), -ops.sequence_logprob(logits * 0.5, tokens, weight)
     )
+
+
+def test_column_strided_views_are_read_in_place(device):
+    # A slice of the vocabulary at an odd offset: exactly the contiguous copy's result, no copy.
+    logits, tokens = case(3, 9, 140, device, torch.bfloat16)
+    view = logits[:, :, 3:120]  # [3, 9, 117], strides (1260, 140, 1), storage offset 3
+    tokens = tokens % 117
+    weight = torch.rand(3, 9, device=device) > 0.3
+    want = ops.sequence_logprob(view.contiguous(), tokens, weight)
+    with torch.profiler.profile() as prof:
+        got = ops.sequence_logprob(view, tokens, weight)
+    assert torch.equal(got, want)
+    names = {e.name for e in prof.events()}
+    assert "edlm::sequence_logprob" in names and "aten::contiguous" not in names, sorted(names)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_same_rows_at_any_address_give_the_same_result(device, dtype):
+    # Bit for bit, wherever the rows lie: storage offsets 1..7 move every row to another 16-byte
+    # phase, which must not change how a row is split (and so how its fp32 sums round).
+    logits, tokens = case(2, 5, 1001, device, dtype)
+    want = ops.sequence_logprob(logits, tokens)
+    for offset in range(1, 8):
+        buf = torch.empty(offset + logits.numel(), dtype=dtype, device=device)
+        view = buf[offset:].view(logits.shape)
+        view.copy_(logits)
+        assert torch.equal(ops.sequence_logprob(view, tokens), want), f"offset {offset}"
+
+
+def test_empty_sequences_sum_to_zero(device):
+    logits = torch.randn(3, 0, 7, device=device)
+    tokens = torch.zeros(3, 0, dtype=torch.long, device=device)
+    out = ops.sequence_logprob(logits, tokens)
+    assert out.shape == (3,) and torch.equal(out, torch.zeros(3, device=device))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no GPU or no CUDA kernels built")
+def test_cuda_empty_sequences_beyond_the_grid_limit():
+    # N = 2^31 sequences of length 0: zeros, with no kernel launch over N blocks (8 GiB output).
+    N = 2**31
+    logits = torch.empty(1, 0, 5, device="cuda").expand(N, 0, 5)
+    tokens = torch.empty(1, 0, dtype=torch.long, device="cuda").expand(N, 0)
+    out = ops.sequence_logprob(logits, tokens)
+    assert out.shape == (N,) and not out.any().item()
+    del out
+    torch.cuda.empty_cache()
 
 
 def bad(match, *args):

@@ -23,11 +23,12 @@ struct KernelStatus {
 };
 
 struct MaskedSampleParams {
-  const void* logits;  // [B, L, V] contiguous
+  const void* logits;  // [B, L, V], unit column stride
   LogitsType dtype;
   int64_t B, L, V, K;
-  const int64_t* xt;      // [B, L]
-  const int64_t* masked;  // flat b * L + l of every masked position, ascending
+  int64_t stride_b, stride_l;  // logits strides, in elements
+  const int64_t* xt;           // [B, L]
+  const int64_t* masked;       // flat b * L + l of every masked position, ascending
   int64_t num_masked;
   const int64_t* block_begin;  // [num_blocks] column blocks [begin, end) that tile the
   const int64_t* block_end;    //   vocabulary without the mask column
@@ -41,12 +42,13 @@ struct MaskedSampleParams {
 };
 
 struct SequenceLogprobParams {
-  const void* logits;  // [N, L, V] contiguous
+  const void* logits;  // [N, L, V], unit column stride
   LogitsType dtype;
   int64_t N, L, V;
-  const int64_t* tokens;  // [N, L]
-  const double* weight;   // [N, L]
-  double* terms;          // [N, L] out: weight * log_softmax(logits)[token]; 0 where weight == 0
+  int64_t stride_n, stride_l;  // logits strides, in elements
+  const int64_t* tokens;       // [N, L]
+  const double* weight;        // [N, L]
+  double* terms;  // [N, L] out: weight * log_softmax(logits)[token]; 0 where weight == 0
 };
 
 #define EDLM_DECLARE_CPU_KERNELS(ISA)                    \

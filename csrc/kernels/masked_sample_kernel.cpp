@@ -25,7 +25,7 @@ namespace {
 
 template <typename T>
 void masked_sample_impl(const T* logits, const MaskedSampleParams& p) {
-  const int64_t L = p.L, V = p.V, K = p.K, nb = p.num_blocks;
+  const int64_t L = p.L, K = p.K, nb = p.num_blocks;
   at::parallel_for(0, p.num_masked, 1, [&](int64_t begin, int64_t end) {
     auto buf = std::make_unique<float[]>(p.max_block + kLanes);
     auto block_ref = std::make_unique<float[]>(nb);  // reference each block was scaled by
@@ -34,7 +34,7 @@ void masked_sample_impl(const T* logits, const MaskedSampleParams& p) {
     auto prefix = std::make_unique<double[]>(nb);   // cumulative block masses relative to the max
     for (int64_t j = begin; j < end; ++j) {
       const int64_t pos = p.masked[j], b = pos / L, l = pos % L;
-      const T* row = logits + pos * V;
+      const T* row = logits + b * p.stride_b + l * p.stride_l;
 
       // One read of the row: per-block references, maxima and fp32-lane masses.
       const bool ok = stream_row(

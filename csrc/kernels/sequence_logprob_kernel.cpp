@@ -28,7 +28,7 @@ void sequence_logprob_impl(const T* logits, const SequenceLogprobParams& p) {
         p.terms[pos] = 0.0;
         continue;
       }
-      const T* row = logits + pos * V;
+      const T* row = logits + (pos / p.L) * p.stride_n + (pos % p.L) * p.stride_l;
       const bool ok = stream_row(
           row, nb, [&](int64_t c) { return std::pair{c * kBlock, std::min(V, (c + 1) * kBlock)}; },
           1.f, ref.get(), max.get(), sum.get());

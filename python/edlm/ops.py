@@ -32,7 +32,8 @@ def masked_sample(
     ----------
     logits : Tensor [B, L, V], float32, bfloat16 or float16
         Denoiser logits; V includes the mask token. The mask column is never drawn and its value
-        is ignored. Unmasked positions are never read.
+        is ignored. Unmasked positions are never read. Any layout whose last stride is 1 is read
+        in place (others are copied first); results do not depend on where the rows lie.
     xt : Tensor [B, L], int64
         Current sequence; positions equal to ``mask_id`` are masked. Ids must lie in [0, V).
     mask_id : int
@@ -40,7 +41,8 @@ def masked_sample(
     num_samples : int
         K, the number of independent draws per row (candidates).
     temperature : float
-        Tokens are drawn from ``softmax(logits / temperature)`` over the real tokens; > 0.
+        Tokens are drawn from ``softmax(logits / temperature)`` over the real tokens; in about
+        [4.2e-39, 8.5e37], where ``1 / T`` and ``log2(e) / T`` are normal float32 numbers.
     generator : torch.Generator, optional
         Source of randomness (default: the device's default generator). Each call draws one
         seed from it; every draw is then Philox keyed by (row, sample, position), so a row's
@@ -73,7 +75,8 @@ def sequence_logprob(
     Parameters
     ----------
     logits : Tensor [N, L, V], float32, bfloat16 or float16
-        No [N, L, V] temporary is made; rows with weight 0 are never read.
+        No [N, L, V] temporary is made; rows with weight 0 are never read. Any layout whose last
+        stride is 1 is read in place (others are copied first).
     tokens : Tensor [N, L], int64
         Ids in [0, V) wherever the weight is nonzero (anything, e.g. padding, where it is 0).
     weight : Tensor [N, L], bool or floating point, optional

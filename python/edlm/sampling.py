@@ -189,6 +189,11 @@ def sample(
     )
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _device_of(denoiser, prompt)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"sample: the generator is on {generator.device} but sampling runs on {device}: "
+            f"pass torch.Generator(device={str(device)!r}).manual_seed(...) or no generator"
+        )
     B, L, K = batch_size, length, num_candidates
     x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
     if prompt is not None:
