@@ -506,17 +506,20 @@ def plot(parts: dict, path: Path, HL: float) -> None:
                 marker="o",
                 label=name,
             )
-            axes[1].plot(
-                [r["seconds_per_sample"] for r in curve],
-                [r["oracle_bpc"] for r in curve],
-                style,
-                marker="o",
-                label=name,
-            )
+            timed = [r for r in curve if r["seconds_per_sample"] > 0]  # NaN: rebuilt rows
+            if timed:
+                axes[1].plot(
+                    [r["seconds_per_sample"] for r in timed],
+                    [r["oracle_bpc"] for r in timed],
+                    style,
+                    marker="o",
+                    label=name,
+                )
     for ax, x in zip(axes, ("sampling steps", "seconds per sample")):
         ax.axhline(HL, color="k", lw=1)
         ax.text(ax.get_xlim()[0], HL, " source (H)", va="bottom", fontsize=8)
-        ax.set_xscale("log")
+        if ax.lines[1:]:  # a log axis needs a curve with positive values
+            ax.set_xscale("log")
         ax.set_xlabel(x)
         ax.set_ylabel("bits/char under the source (exact)")
         ax.grid(True, which="both", alpha=0.3)
