@@ -343,7 +343,11 @@ def render(out: Path, rel: str) -> list[str]:
             said.append(
                 f"- With {label_m}, {lab} "
                 + "; ".join(bits)
-                + f" (mean ESS {min(ess):.2f}-{max(ess):.2f} of k)."
+                + (
+                    f" (mean ESS {min(ess):.2f}-{max(ess):.2f} of k)."
+                    if ess and not any(math.isnan(e) for e in ess)
+                    else "."
+                )
             )
     if said:
         lines += (
@@ -367,7 +371,15 @@ def render(out: Path, rel: str) -> list[str]:
             target = mdlm[target_steps]["oracle_bpc"]
             sp = speed_at_equal_quality(rows, target, key="oracle_bpc")
             got = [
-                f"{r['curve']}: {'at most ' if r['at_most'] else ''}{r['steps']:.0f} steps, {r['seconds']:.3g} s/sample (steps ratio {r['steps_ratio']:.2f}, seconds ratio {r['seconds_ratio']:.2f})"
+                (
+                    f"{r['curve']}: {'at most ' if r['at_most'] else ''}{r['steps']:.0f} steps"
+                    + (
+                        f", {r['seconds']:.3g} s/sample (steps ratio {r['steps_ratio']:.2f}, "
+                        f"seconds ratio {r['seconds_ratio']:.2f})"
+                        if not math.isnan(r["seconds"])
+                        else f" (steps ratio {r['steps_ratio']:.2f})"
+                    )
+                )
                 for r in sp
                 if r["steps"] is not None and r["curve"] not in ("MDLM", "exact")
             ]
