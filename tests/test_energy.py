@@ -193,7 +193,7 @@ def test_sample_command_errors(runs):
         main(["sample", "--denoiser", str(runs / "missing")])
     with pytest.raises(
         SystemExit,
-        match="--energy must be KIND:PATH with KIND in ar, ar-carry, nce, hf, hf-carry, got .xx.",
+        match="--energy must be KIND:PATH with KIND in ar, ar-carry, nce, hf, hf-carry, oracle, got .xx.",
     ):
         main(["sample", "--denoiser", str(runs / "den"), "--energy", "xx"])
     with pytest.raises(SystemExit, match="holds a 'denoiser' model, not 'ar'"):

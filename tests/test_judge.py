@@ -135,7 +135,7 @@ def test_demo_reports_generative_perplexity_with_the_default_judge(smollm2, monk
     monkeypatch.setattr(
         "edlm.cli.load_judge", lambda spec, **kw: smollm2 if spec == "smollm2" else None
     )
-    assert main(["demo", "--steps", "8", "--num", "2", "--k", "2"]) == 0
+    assert main(["demo", "--suite", "austen", "--steps", "8", "--num", "2", "--k", "2"]) == 0
     out = capsys.readouterr().out
     assert "judge: SmolLM2-135M-Instruct" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("MDLM ", "EDLM-"))]
