@@ -1,6 +1,7 @@
 """Benchmark of edlm.ops.masked_sample (fp32 and bf16; K = 1 and 8) against the public EDLM
-code's eager sampler (fp32 Gumbel-max, which also drops tails: EDLM.md trap 6), at
-B = 4, L = 256, V = 50258, all masked."""
+code's eager sampler (fp32 Gumbel-max, which also drops tails: EDLM.md trap 6), torch.compile of
+that sampler (the strongest alternative a user has), and the memory floor (one read of the logits,
+`logits.sum(-1)`, per dtype), at B = 4, L = 256, V = 50258, all masked."""
 
 import pytest
 import torch
@@ -49,6 +50,28 @@ def test_eager_public_sampler(benchmark, table, data):
         lambda: public_eager_sampler(logits),
         baseline=True,
     )
+
+
+def test_compiled_public_sampler(benchmark, table, data):
+    logits, _ = data
+    compiled = torch.compile(public_eager_sampler)
+    out = compiled(logits)
+    assert out.shape == (B, L) and not torch.any(out == MASK)
+    table.add(
+        benchmark, GROUP, "torch.compile public Gumbel-max fp32", lambda: compiled(logits),
+        role="compiled", rounds=5,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_floor(benchmark, table, data, dtype):
+    logits = data[0].to(dtype).clone()
+    logits[..., MASK] = 0.0
+    torch.testing.assert_close(
+        logits.sum(-1).double(), logits.double().sum(-1), rtol=2e-2, atol=2.0
+    )
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    table.add(benchmark, GROUP, f"floor: logits.sum(-1) {name}", lambda: logits.sum(-1), role="floor")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

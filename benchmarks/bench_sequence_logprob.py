@@ -1,5 +1,6 @@
 """Benchmark of edlm.ops.sequence_logprob (fp32, bf16) against the eager composite it replaces,
-log_softmax + gather + weighted sum, at N = 4, L = 256, V = 50258."""
+log_softmax + gather + weighted sum, torch.compile of that composite, and the memory floor (one
+read of the logits, `logits.sum(-1)`, per dtype), at N = 4, L = 256, V = 50258."""
 
 import pytest
 import torch
@@ -38,6 +39,31 @@ def test_eager_composite(benchmark, table, data):
         lambda: eager(logits, tokens, weight),
         baseline=True,
     )
+
+
+def test_compiled_composite(benchmark, table, data):
+    logits, tokens, weight = data
+    compiled = torch.compile(eager)
+    torch.testing.assert_close(
+        compiled(logits, tokens, weight),
+        reference.sequence_logprob(logits, tokens, weight),
+        rtol=1e-5,
+        atol=1e-2,
+    )
+    table.add(
+        benchmark, GROUP, "torch.compile of that composite fp32",
+        lambda: compiled(logits, tokens, weight), role="compiled", rounds=5,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_floor(benchmark, table, data, dtype):
+    logits = data[0].to(dtype)
+    torch.testing.assert_close(
+        logits.sum(-1).double(), logits.double().sum(-1), rtol=2e-2, atol=2.0
+    )
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    table.add(benchmark, GROUP, f"floor: logits.sum(-1) {name}", lambda: logits.sum(-1), role="floor")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

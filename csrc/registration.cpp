@@ -19,6 +19,8 @@ TORCH_LIBRARY(edlm, m) {
       "importance_resample(Tensor log_weights, *, int num_samples=1, Generator? generator=None) "
       "-> (Tensor index, Tensor ess)",
       {at::Tag::nondeterministic_seeded});
+  // The kernels' vectorized exp applied elementwise (CPU, float32), so that tests can sweep it.
+  m.def("_vec_exp(Tensor x) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, module) {

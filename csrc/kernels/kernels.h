@@ -55,6 +55,7 @@ struct SequenceLogprobParams {
   namespace ISA {                                        \
   void masked_sample(const MaskedSampleParams& p);       \
   void sequence_logprob(const SequenceLogprobParams& p); \
+  void exp_array(const float* x, int64_t n, float* out); \
   const char* name();                                    \
   }
 
@@ -70,6 +71,9 @@ const char* isa_name(Isa isa);
 
 inline void masked_sample_dispatch(const MaskedSampleParams& p) {
   active_isa() == Isa::kAvx2 ? AVX2::masked_sample(p) : DEFAULT::masked_sample(p);
+}
+inline void exp_array_dispatch(const float* x, int64_t n, float* out) {
+  active_isa() == Isa::kAvx2 ? AVX2::exp_array(x, n, out) : DEFAULT::exp_array(x, n, out);
 }
 inline void sequence_logprob_dispatch(const SequenceLogprobParams& p) {
   active_isa() == Isa::kAvx2 ? AVX2::sequence_logprob(p) : DEFAULT::sequence_logprob(p);
