@@ -1,7 +1,8 @@
 """Benchmark of edlm.ops.masked_sample (fp32 and bf16; K = 1 and 8) against the public EDLM
 code's eager sampler (fp32 Gumbel-max, which also drops tails: EDLM.md trap 6), torch.compile of
 that sampler (the strongest alternative a user has), and the memory floor (one read of the logits,
-`logits.sum(-1)`, per dtype), at B = 4, L = 256, V = 50258, all masked."""
+`logits.sum(-1)`, per dtype), at B = 4, L = 256, V = 50258, all masked; and with top_p = 0.9 /
+top_k = 50 against the plain op (fp32, K = 1) on the same logits."""
 
 import pytest
 import torch
@@ -28,13 +29,13 @@ def data():
     return logits, xt
 
 
-def check(logits, xt, K):
+def check(logits, xt, K, **truncation):
     tokens, logp = ops.masked_sample(
-        logits, xt, MASK, num_samples=K, generator=torch.Generator().manual_seed(1)
+        logits, xt, MASK, num_samples=K, generator=torch.Generator().manual_seed(1), **truncation
     )
     assert tokens.shape == (B, K, L) and not torch.any(tokens == MASK)
     # Exact log-probabilities of the drawn tokens, on a slice, against the fp64 reference.
-    probs = reference.masked_sample_probs(logits[:, :8], MASK).log()  # [B, 8, V]
+    probs = reference.masked_sample_probs(logits[:, :8], MASK, 1.0, **truncation).log()
     expect = probs.unsqueeze(1).expand(B, K, 8, V).gather(-1, tokens[:, :, :8, None])[..., 0]
     torch.testing.assert_close(logp[:, :, :8], expect.float(), rtol=0, atol=2e-5)
 
@@ -86,4 +87,35 @@ def test_fused(benchmark, table, data, dtype, K):
         GROUP,
         f"edlm.ops.masked_sample {name} K={K}",
         lambda: ops.masked_sample(logits, xt, MASK, num_samples=K),
+    )
+
+
+TRUNCATION_GROUP = f"masked_sample truncation B={B} L={L} V={V} fp32 K=1"
+
+
+def test_plain_for_truncation(benchmark, table, data):
+    logits, xt = data
+    check(logits, xt, 1)
+    table.add(
+        benchmark,
+        TRUNCATION_GROUP,
+        "edlm.ops.masked_sample (no truncation)",
+        lambda: ops.masked_sample(logits, xt, MASK),
+        baseline=True,
+        rounds=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "truncation", [{"top_p": 0.9}, {"top_k": 50}, {"top_p": 0.9, "top_k": 50}], ids=str
+)
+def test_truncated(benchmark, table, data, truncation):
+    logits, xt = data
+    check(logits, xt, 1, **truncation)
+    label = ", ".join(f"{k}={v}" for k, v in truncation.items())
+    table.add(
+        benchmark,
+        TRUNCATION_GROUP,
+        f"edlm.ops.masked_sample {label}",
+        lambda: ops.masked_sample(logits, xt, MASK, **truncation),
     )

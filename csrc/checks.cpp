@@ -42,7 +42,7 @@ cpu::LogitsType logits_type(const char* op, const at::Tensor& logits) {
 }
 
 void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t mask_id,
-                         int64_t num_samples, double temperature) {
+                         int64_t num_samples, double temperature, double top_p, int64_t top_k) {
   constexpr const char* op = "masked_sample";
   TORCH_CHECK(logits.dim() == 3, op, ": logits must be 3-D [B, L, V], got ", logits.sizes());
   logits_type(op, logits);
@@ -65,6 +65,9 @@ void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t
               kLog2e / std::numeric_limits<float>::max(), ", ",
               1.0 / std::numeric_limits<float>::min(),
               "], where 1/T and 1/T * log2(e) are normal float32 numbers");
+  // NaN fails both comparisons, so it is rejected too.
+  TORCH_CHECK(top_p > 0.0 && top_p <= 1.0, op, ": top_p must be in (0, 1] (1 = off), got ", top_p);
+  TORCH_CHECK(top_k >= 0, op, ": top_k must be >= 0 (0 = off), got ", top_k);
 }
 
 void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,

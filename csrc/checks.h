@@ -14,7 +14,7 @@ namespace edlm {
 cpu::LogitsType logits_type(const char* op, const at::Tensor& logits);
 
 void check_masked_sample(const at::Tensor& logits, const at::Tensor& xt, int64_t mask_id,
-                         int64_t num_samples, double temperature);
+                         int64_t num_samples, double temperature, double top_p, int64_t top_k);
 
 void check_sequence_logprob(const at::Tensor& logits, const at::Tensor& tokens,
                             const std::optional<at::Tensor>& weight);

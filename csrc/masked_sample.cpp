@@ -20,9 +20,10 @@ constexpr int64_t kSampleBlock = 512;
 std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(const at::Tensor& logits_in,
                                                      const at::Tensor& xt_in, int64_t mask_id,
                                                      int64_t num_samples, double temperature,
+                                                     double top_p, int64_t top_k,
                                                      std::optional<at::Generator> generator) {
   constexpr const char* op = "masked_sample";
-  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
+  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature, top_p, top_k);
   TORCH_CHECK(logits_in.device().is_cpu(), op, ": expected CPU tensors, got ", logits_in.device());
   const at::Tensor logits = unit_column_stride(logits_in);  // rows read in place
   const at::Tensor xt = xt_in.contiguous();
@@ -71,6 +72,8 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cpu(const at::Tensor& logits_in
   p.num_blocks = static_cast<int64_t>(block_begin.size());
   p.max_block = kSampleBlock;
   p.inv_temperature = static_cast<float>(1.0 / temperature);
+  p.top_p = top_p;
+  p.top_k = top_k < V - 1 ? top_k : 0;  // k >= the real tokens keeps them all: the plain op
   p.key = key;
   p.tokens = tokens.data_ptr<int64_t>();
   p.logp = logp.data_ptr<float>();

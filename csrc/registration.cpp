@@ -12,7 +12,8 @@
 TORCH_LIBRARY(edlm, m) {
   m.def(
       "masked_sample(Tensor logits, Tensor xt, int mask_id, *, int num_samples=1, "
-      "float temperature=1.0, Generator? generator=None) -> (Tensor tokens, Tensor logp)",
+      "float temperature=1.0, float top_p=1.0, int top_k=0, Generator? generator=None) -> (Tensor "
+      "tokens, Tensor logp)",
       {at::Tag::nondeterministic_seeded});
   m.def("sequence_logprob(Tensor logits, Tensor tokens, Tensor? weight=None) -> Tensor");
   m.def(

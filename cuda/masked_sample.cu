@@ -12,6 +12,13 @@
 // own elements). A token 1e-9 below the top one is drawn at its true rate, and K draws cost one
 // pass over the row plus K segment rescans.
 //
+// Truncation (top_k, top_p; see ops.py). The threshold is the largest logit t that still keeps
+// k tokens (top-k), then the largest that keeps top_p of the top-k mass (top-p): a bisection over
+// the ordered fp32 values, each step one pass over the row with a block-wide count and fp64 mass
+// of {x >= t} (so at most 2 x 32 extra passes: simple, not fast). The segment masses are then
+// recomputed over the kept tokens, and the draw treats every other token as weight 0. Off (top_p =
+// 1, top_k = 0), none of this runs and the draws are the plain op's.
+//
 // Bad input. Shapes, dtypes, devices and scalars are checked on the host (csrc/checks.cpp) and
 // raise a normal RuntimeError. The value errors (an xt id outside [0, V), NaN or +inf logits at a
 // masked position, a masked position whose logits are -inf for every real token) depend on data
@@ -54,8 +61,35 @@ struct MaskedSampleArgs {
   int64_t stride_b, stride_l;  // logits strides, in elements
   int V, mask_id;
   float inv_t;
+  double top_p;  // 1 = off
+  int top_k;     // 0 = off (also when it keeps every real token)
   at::PhiloxCudaState philox;
 };
+
+// Order-preserving map of non-NaN floats to uint32 (and back): bisection over logit values.
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float key_float(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Thread tid's segment of a row (as row_pass reads it), column by column.
+template <typename D, int kThreads, typename F>
+__device__ __forceinline__ void for_segment(const typename D::storage* row, const RowLayout& lay,
+                                            int tid, F&& f) {
+  if (tid < lay.tail) {
+    const int col = lay.nv * D::kVec + tid;
+    f(col, D::to_float(row[col]));
+  }
+  for (int v = tid; v < lay.nv; v += kThreads) {
+    float xs[D::kVec];
+    load_cols<D>(row, lay, v, xs);
+#pragma unroll
+    for (int j = 0; j < D::kVec; ++j) f(v * D::kVec + j, xs[j]);
+  }
+}
 
 template <typename D>
 __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const MaskedSampleArgs a) {
@@ -98,10 +132,12 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
   using BlockReduceF = cub::BlockReduce<float, kThreads>;
   using BlockReduceI = cub::BlockReduce<int, kThreads>;
   using BlockScanD = cub::BlockScan<double, kThreads>;
+  using BlockReduceD = cub::BlockReduce<double, kThreads>;
   __shared__ union {
     typename BlockReduceF::TempStorage reduce_f;
     typename BlockReduceI::TempStorage reduce_i;
     typename BlockScanD::TempStorage scan_d;
+    typename BlockReduceD::TempStorage reduce_d;
   } tmp;
   __shared__ double prefix[kThreads];  // inclusive cumulative segment masses
   __shared__ float seg_max[kThreads];
@@ -123,10 +159,74 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
     }
     return;
   }
-  const double w =
-      acc.s > 0.f ? static_cast<double>(acc.s) *
-                        exp((static_cast<double>(acc.m) - row_max) * static_cast<double>(a.inv_t))
-                  : 0.0;
+  // Truncation threshold: every token with a logit below it has weight 0 (-inf: none).
+  float threshold = -kInf;
+  const bool truncate = a.top_k > 0 || a.top_p < 1.0;
+  if (truncate) {
+    __shared__ int count_sh;
+    __shared__ double mass_sh;
+    // Count and fp64 mass (relative to the row max) of the real tokens with logits >= t.
+    auto at_least = [&](float t, int& count, double& mass) {
+      int n = 0;
+      double m = 0.0;
+      for_segment<D, kThreads>(row, lay, tid, [&](int col, float xv) {
+        if (col != a.mask_id && xv >= t) {
+          ++n;
+          m += exp2f((xv - row_max) * scale);
+        }
+      });
+      const int n0 = BlockReduceI(tmp.reduce_i).Sum(n);
+      __syncthreads();
+      const double m0 = BlockReduceD(tmp.reduce_d).Sum(m);
+      if (tid == 0) count_sh = n0, mass_sh = m0;
+      __syncthreads();
+      count = count_sh, mass = mass_sh;
+      __syncthreads();  // everyone has read the shared results before the next call writes them
+    };
+    // The largest value in [lo, hi] (as order keys) where pred holds; pred(lo) must hold.
+    auto largest = [&](float lo_f, float hi_f, auto&& pred) {
+      uint32_t lo = order_key(lo_f), hi = order_key(hi_f);
+      while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo + 1) / 2;
+        if (pred(key_float(mid))) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      return key_float(lo);
+    };
+    int count;
+    double mass;
+    if (a.top_k > 0) {
+      threshold = largest(-kInf, row_max, [&](float t) {
+        at_least(t, count, mass);
+        return count >= a.top_k;
+      });
+    }
+    if (a.top_p < 1.0) {
+      at_least(threshold, count, mass);
+      const double target = a.top_p * mass;
+      threshold = largest(threshold, row_max, [&](float t) {
+        at_least(t, count, mass);
+        return mass >= target;
+      });
+    }
+  }
+  double w = acc.s > 0.f ? static_cast<double>(acc.s) * exp((static_cast<double>(acc.m) - row_max) *
+                                                            static_cast<double>(a.inv_t))
+                         : 0.0;
+  if (truncate) {  // the segment's mass over its kept tokens only
+    float s_kept = 0.f;
+    if (acc.m >= threshold) {
+      for_segment<D, kThreads>(row, lay, tid, [&](int col, float xv) {
+        if (col != a.mask_id && xv >= threshold) s_kept += exp2f((xv - acc.m) * scale);
+      });
+    }
+    w = s_kept > 0.f ? static_cast<double>(s_kept) * exp((static_cast<double>(acc.m) - row_max) *
+                                                         static_cast<double>(a.inv_t))
+                     : 0.0;
+  }
   double incl, total;
   BlockScanD(tmp.scan_d).InclusiveSum(w, incl, total);
   prefix[tid] = incl;
@@ -172,7 +272,7 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
       }
     };
     auto weight = [&](int col, float xv) {
-      return col == a.mask_id ? 0.f : exp2f((xv - mc) * scale);
+      return col == a.mask_id || xv < threshold ? 0.f : exp2f((xv - mc) * scale);
     };
     double lane_sum = 0.0;
     visit([&](int col, float xv) { lane_sum += weight(col, xv); });
@@ -207,9 +307,10 @@ __global__ void __launch_bounds__(kThreads, 4) masked_sample_kernel(const Masked
 std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(const at::Tensor& logits_in,
                                                       const at::Tensor& xt_in, int64_t mask_id,
                                                       int64_t num_samples, double temperature,
+                                                      double top_p, int64_t top_k,
                                                       std::optional<at::Generator> generator) {
   constexpr const char* op = "masked_sample";
-  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature);
+  check_masked_sample(logits_in, xt_in, mask_id, num_samples, temperature, top_p, top_k);
   TORCH_CHECK(logits_in.is_cuda(), op, ": expected CUDA tensors, got ", logits_in.device());
   const c10::cuda::CUDAGuard guard(logits_in.device());
   // Rows are read in place wherever their columns are adjacent (row_layout handles any address).
@@ -244,6 +345,8 @@ std::tuple<at::Tensor, at::Tensor> masked_sample_cuda(const at::Tensor& logits_i
   a.V = static_cast<int>(V);
   a.mask_id = static_cast<int>(mask_id);
   a.inv_t = static_cast<float>(1.0 / temperature);
+  a.top_p = top_p;
+  a.top_k = top_k < V - 1 ? static_cast<int>(top_k) : 0;  // k >= the real tokens: off
   a.philox = philox;
 
   const dim3 grid(static_cast<unsigned>(B * L));

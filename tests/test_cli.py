@@ -57,6 +57,13 @@ def test_sample_prints_the_importance_sampling_stats(capsys):
         main(args + ["--final", "max"])
 
 
+def test_sample_top_p_and_top_k(capsys):
+    args = ["sample", "--steps", "4", "--num", "2", "--length", "32", "--final", "sample"]
+    for flags in (["--top-k", "1"], ["--top-p", "0.9"], ["--top-p", "0.9", "--top-k", "20"]):
+        assert main(args + flags) == 0
+        assert "--- stats" in capsys.readouterr().out
+
+
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -206,6 +213,10 @@ BAD = [
     ("sample", ["--steps", "-1"], "--steps must be >= 1, got -1", False),
     ("sample", ["--steps", "x"], "argument --steps: invalid int value: 'x'", False),
     ("sample", ["--k", "0"], "--k must be >= 1, got 0", False),
+    ("sample", ["--top-p", "0"], "--top-p must be in (0, 1], got 0.0", False),
+    ("sample", ["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5", False),
+    ("sample", ["--top-p", "nan"], "--top-p must be in (0, 1], got nan", False),
+    ("sample", ["--top-k", "-2"], "--top-k must be >= 0, got -2", False),
     (
         "sample",
         ["--denoiser", "{root}/missing"],

@@ -35,6 +35,8 @@ struct MaskedSampleParams {
   int64_t num_blocks;
   int64_t max_block;  // longest block
   float inv_temperature;
+  double top_p;   // nucleus mass in (0, 1]; 1 = off
+  int64_t top_k;  // 0 = off (the host sets it to 0 when it keeps every real token)
   uint64_t key;
   int64_t* tokens;  // [B, K, L]
   float* logp;      // [B, K, L]

@@ -263,6 +263,13 @@ def cmd_sample(argv: list[str]) -> int:
     )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="nucleus sampling: keep this share of mass (1: off)",
+    )
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument(
         "--final",
         default="argmax",
         choices=FINALS,
@@ -289,7 +296,9 @@ def cmd_sample(argv: list[str]) -> int:
     p.add_argument("--progress", action="store_true", help="a progress bar over the blocks")
     p.add_argument("--out", default=None, help="write samples and stats as JSONL")
     args = p.parse_args(argv)
-    _at_least(args, steps=1, k=1, num=1, length=0, stride=0)
+    _at_least(args, steps=1, k=1, num=1, length=0, stride=0, top_k=0)
+    if not 0.0 < args.top_p <= 1.0:
+        raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.template and args.prompt:
         raise CommandError("--template and --prompt both fix tokens: give one of them")
     device = _device(args.device)
@@ -326,6 +335,8 @@ def cmd_sample(argv: list[str]) -> int:
         window=args.window,
         energy_temperature=args.energy_temperature,
         temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
         prompt=prompt,
         generator=g,
         return_stats=True,

@@ -20,6 +20,8 @@ def masked_sample(
     *,
     num_samples: int = 1,
     temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw clean tokens for every masked position of ``xt`` from the denoiser's logits.
@@ -43,6 +45,16 @@ def masked_sample(
     temperature : float
         Tokens are drawn from ``softmax(logits / temperature)`` over the real tokens; in about
         [4.2e-39, 8.5e37], where ``1 / T`` and ``log2(e) / T`` are normal float32 numbers.
+    top_p : float
+        In (0, 1]; 1 (default) is off. Keep the tokens whose logit is >= t, for the largest real
+        logit t such that the tokens with logits >= t hold at least ``top_p`` of the probability
+        (the smallest such head set; all tokens tied at t are kept). With ``top_k`` too, top-k is
+        applied first and ``top_p`` is a share of the renormalized top-k distribution (the
+        Hugging Face / vLLM order). The masses compared are the kernel's (fp64 sums of fp32
+        exponentials), so a ``top_p`` within about 1e-6 of a cumulative mass may fall either way.
+    top_k : int
+        0 (default) or at least the number of real tokens: off. Otherwise keep the tokens whose
+        logit is >= the k-th largest real logit (all tokens tied with it too).
     generator : torch.Generator, optional
         Source of randomness (default: the device's default generator). Each call draws one
         seed from it; every draw is then Philox keyed by (row, sample, position), so a row's
@@ -53,15 +65,25 @@ def masked_sample(
     tokens : Tensor [B, K, L], int64
         ``xt`` where unmasked (carry-over); a drawn token (never ``mask_id``) where masked.
     logp : Tensor [B, K, L], float32
-        Log-probability of each drawn token under ``softmax(logits / temperature)`` without the
-        mask column; 0 where unmasked.
+        Log-probability of each drawn token under the law it was drawn from: ``softmax(logits /
+        temperature)`` without the mask column, restricted to the kept tokens and renormalized
+        when ``top_k`` or ``top_p`` truncate; 0 where unmasked.
 
-    Sampling is exact inverse-CDF with 53-bit uniforms and fp64 cumulative masses, so tokens far
-    below 2^-24 of the top probability are drawn at their true rate. Reference:
-    `edlm.reference.masked_sample`.
+    The kept set compares raw logit values with the threshold logit, so it is the same on every
+    device and for every dtype. Sampling is exact inverse-CDF with 53-bit uniforms and fp64
+    cumulative masses, so tokens far below 2^-24 of the top probability (inside the kept set) are
+    drawn at their true rate. With ``top_p = 1`` and ``top_k = 0`` the draws are the untruncated
+    op's, draw for draw. Reference: `edlm.reference.masked_sample`.
     """
     return torch.ops.edlm.masked_sample(
-        logits, xt, mask_id, num_samples=num_samples, temperature=temperature, generator=generator
+        logits,
+        xt,
+        mask_id,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        generator=generator,
     )
 
 
@@ -128,7 +150,9 @@ def cpu_capability() -> str:
 
 
 @torch.library.register_fake("edlm::masked_sample")
-def _masked_sample_fake(logits, xt, mask_id, *, num_samples=1, temperature=1.0, generator=None):
+def _masked_sample_fake(
+    logits, xt, mask_id, *, num_samples=1, temperature=1.0, top_p=1.0, top_k=0, generator=None
+):
     torch._check(
         logits.dim() == 3, lambda: f"masked_sample: logits must be 3-D, got {logits.shape}"
     )

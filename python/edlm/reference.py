@@ -10,15 +10,42 @@ import torch
 
 
 def masked_sample_probs(
-    logits: torch.Tensor, mask_id: int, temperature: float = 1.0
+    logits: torch.Tensor,
+    mask_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> torch.Tensor:
-    """Exact distribution of a drawn token: softmax(logits / T) without the mask column.
+    """Exact distribution of a drawn token: softmax(logits / T) without the mask column, truncated.
 
-    logits [B, L, V] -> probabilities [B, L, V] float64 (the mask column is 0).
+    top_k (0 = off) keeps the tokens whose logit is >= the k-th largest real logit; top_p (1 = off)
+    then keeps those whose logit is >= the largest logit t such that the tokens at logits >= t hold
+    at least top_p of the (top-k renormalized) probability. Ties at a threshold are all kept; the
+    kept tokens' probabilities are renormalized.
+
+    logits [B, L, V] -> probabilities [B, L, V] float64 (the mask column and dropped tokens are 0).
     """
-    scaled = logits.double() / temperature  # [B, L, V]
-    scaled[..., mask_id] = float("-inf")
-    return scaled.softmax(-1)
+    x = logits.double()  # [B, L, V]
+    x[..., mask_id] = float("-inf")
+    n_real = x.shape[-1] - 1
+    keep = torch.ones_like(x, dtype=torch.bool)
+    keep[..., mask_id] = False
+    if 0 < top_k < n_real:
+        real = torch.cat([x[..., :mask_id], x[..., mask_id + 1 :]], dim=-1)  # [B, L, V - 1]
+        kth = real.sort(-1, descending=True).values[..., top_k - 1 : top_k]  # [B, L, 1]
+        keep &= x >= kth
+    probs = (x / temperature).masked_fill(~keep, float("-inf")).softmax(-1)  # [B, L, V]
+    if top_p < 1.0:
+        # mass(t): the probability of the tokens with logits >= t, at every kept logit t.
+        kept_x, order = x.masked_fill(~keep, float("-inf")).sort(-1)  # ascending [B, L, V]
+        suffix = probs.gather(-1, order).flip(-1).cumsum(-1).flip(-1)  # mass from here up
+        first = torch.searchsorted(kept_x, kept_x, side="left")  # first of each tie group
+        mass = suffix.gather(-1, first)  # [B, L, V]
+        ok = (mass >= top_p) & (kept_x > float("-inf"))
+        threshold = kept_x.masked_fill(~ok, float("-inf")).amax(-1, keepdim=True)  # [B, L, 1]
+        keep &= x >= threshold
+        probs = (x / temperature).masked_fill(~keep, float("-inf")).softmax(-1)
+    return probs
 
 
 def masked_sample(
@@ -28,12 +55,14 @@ def masked_sample(
     *,
     num_samples: int = 1,
     temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of `edlm.ops.masked_sample`: tokens [B, K, L] int64, logp [B, K, L] float32."""
     B, L, V = logits.shape
     K = num_samples
-    probs = masked_sample_probs(logits, mask_id, temperature)  # [B, L, V]
+    probs = masked_sample_probs(logits, mask_id, temperature, top_p, top_k)  # [B, L, V]
     drawn = torch.multinomial(
         probs.reshape(B * L, V), K, replacement=True, generator=generator
     )  # [B*L, K]

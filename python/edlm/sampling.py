@@ -44,6 +44,8 @@ def _check(
     window,
     energy_temperature,
     temperature,
+    top_p,
+    top_k,
     prompt,
     final,
 ):
@@ -61,6 +63,10 @@ def _check(
         raise ValueError(f"sample: energy_temperature must be > 0, got {energy_temperature}")
     if not temperature > 0:
         raise ValueError(f"sample: temperature must be > 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"sample: top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"sample: top_k must be >= 0 (0 = off), got {top_k}")
     if mask_id < 0:
         raise ValueError(f"sample: mask_id must be >= 0, got {mask_id}")
     if prompt is not None and (
@@ -96,6 +102,8 @@ def sample(
     window: float = 1.0,
     energy_temperature: float = 1.0,
     temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
     prompt: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_stats: bool = False,
@@ -126,6 +134,13 @@ def sample(
     E = -log p_AR + log mu) the weights are log p_AR - log q_tau, and the target is the AR
     distribution its docstring names (whole sequence: the AR conditional); for the NCE energy it
     is mu exp(-E) / Z. Plain steps (outside the window, or K = 1) draw from q_tau.
+
+    Truncation. `top_p` (1 = off) and `top_k` (0 = off) truncate every draw from the denoiser
+    (plain steps, candidates and final="sample"), as `edlm.ops.masked_sample` defines them: q_tau
+    is then the truncated, renormalized tempered law, and the candidates' log q_tau in the weights
+    is its log-probability. So an IS step still reaches mu exp(-E / energy_temperature), but
+    restricted to the sequences whose every drawn token lies in its position's kept set (the
+    proposal cannot propose the rest).
 
     final: how the positions no step revealed (those whose reveal time falls below the grid's last
     time, 1e-5) are filled: "argmax" of the denoiser (MDLM's noise removal, the default), or
@@ -167,6 +182,8 @@ def sample(
             window=window,
             energy_temperature=energy_temperature,
             temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
             prompt=prompt,
             generator=generator,
             return_stats=return_stats,
@@ -184,6 +201,8 @@ def sample(
         window,
         energy_temperature,
         temperature,
+        top_p,
+        top_k,
         prompt,
         final,
     )
@@ -211,6 +230,8 @@ def sample(
     leftover = active_steps[steps]  # positions never revealed: final noise removal
 
     use_is = energy is not None and K > 1
+    draw = dict(temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
+    exact_q = temperature == 1.0 and top_p == 1.0 and top_k == 0  # q_tau is mu itself
     stats = {"network_calls": 0, "energy_calls": 0, "is_steps": 0, "is_times": []}
     per_step = {"ess": [], "sd_log_w": [], "energy_gain": []}  # [B] tensors: no sync per step
     for i in range(steps):
@@ -223,10 +244,10 @@ def sample(
         stats["network_calls"] += 1
         if use_is and t > 1.0 - window:
             cand, logp = ops.masked_sample(
-                logits, x, mask_id, num_samples=K, temperature=temperature, generator=generator
+                logits, x, mask_id, num_samples=K, **draw
             )  # [B, K, L] each
             log_q = logp.sum(-1)  # [B, K]: log q_tau, the law the candidates come from
-            log_mu = log_q if temperature == 1.0 else _log_mu(logits, cand, x == mask_id, mask_id)
+            log_mu = log_q if exact_q else _log_mu(logits, cand, x == mask_id, mask_id)
             xt_rep = x.unsqueeze(1).expand(B, K, L)
             e = energy(
                 cand.reshape(B * K, L),
@@ -237,7 +258,7 @@ def sample(
             stats["energy_calls"] += 1
             e = e.float().reshape(B, K)
             log_w = -e / energy_temperature
-            if temperature != 1.0:  # keeps the target mu exp(-E / T_is), not q_tau exp(-E / T_is)
+            if not exact_q:  # keeps the target mu exp(-E / T_is), not q_tau exp(-E / T_is)
                 log_w = log_w + (log_mu - log_q)
             index, ess = ops.importance_resample(
                 log_w, num_samples=1, generator=generator
@@ -249,18 +270,14 @@ def sample(
             per_step["sd_log_w"].append(log_w.std(-1, correction=0))
             per_step["energy_gain"].append(e.mean(-1) - e.gather(1, index)[:, 0])
         else:
-            x0 = ops.masked_sample(
-                logits, x, mask_id, temperature=temperature, generator=generator
-            )[0][:, 0]
+            x0 = ops.masked_sample(logits, x, mask_id, **draw)[0][:, 0]
         x = torch.where(reveal, x0, x)
 
     if leftover:  # final noise removal at the end of the grid
         t_vec = torch.full((B,), float(grid[-1]), dtype=torch.float32, device=device)
         logits = denoiser(x, t_vec)
         if final == "sample":
-            x = ops.masked_sample(logits, x, mask_id, temperature=temperature, generator=generator)[
-                0
-            ][:, 0]
+            x = ops.masked_sample(logits, x, mask_id, **draw)[0][:, 0]
         else:
             logits = logits.float()
             logits[..., mask_id] = float("-inf")
