@@ -59,8 +59,12 @@ def test_compiled_public_sampler(benchmark, table, data):
     out = compiled(logits)
     assert out.shape == (B, L) and not torch.any(out == MASK)
     table.add(
-        benchmark, GROUP, "torch.compile public Gumbel-max fp32", lambda: compiled(logits),
-        role="compiled", rounds=5,
+        benchmark,
+        GROUP,
+        "torch.compile public Gumbel-max fp32",
+        lambda: compiled(logits),
+        role="compiled",
+        rounds=5,
     )
 
 
@@ -72,7 +76,9 @@ def test_floor(benchmark, table, data, dtype):
         logits.sum(-1).double(), logits.double().sum(-1), rtol=2e-2, atol=2.0
     )
     name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
-    table.add(benchmark, GROUP, f"floor: logits.sum(-1) {name}", lambda: logits.sum(-1), role="floor")
+    table.add(
+        benchmark, GROUP, f"floor: logits.sum(-1) {name}", lambda: logits.sum(-1), role="floor"
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

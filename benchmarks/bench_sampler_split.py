@@ -66,7 +66,7 @@ def split(benchmark, denoiser, energy, k, window, batch, length, steps, monkeypa
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     monkeypatch.undo()
-    (x, wall), = out
+    ((x, wall),) = out
     plain = edlm.sample(
         denoiser,
         energy=energy if k > 1 else None,

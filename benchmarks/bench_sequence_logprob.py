@@ -51,8 +51,12 @@ def test_compiled_composite(benchmark, table, data):
         atol=1e-2,
     )
     table.add(
-        benchmark, GROUP, "torch.compile of that composite fp32",
-        lambda: compiled(logits, tokens, weight), role="compiled", rounds=5,
+        benchmark,
+        GROUP,
+        "torch.compile of that composite fp32",
+        lambda: compiled(logits, tokens, weight),
+        role="compiled",
+        rounds=5,
     )
 
 
@@ -63,7 +67,9 @@ def test_floor(benchmark, table, data, dtype):
         logits.sum(-1).double(), logits.double().sum(-1), rtol=2e-2, atol=2.0
     )
     name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
-    table.add(benchmark, GROUP, f"floor: logits.sum(-1) {name}", lambda: logits.sum(-1), role="floor")
+    table.add(
+        benchmark, GROUP, f"floor: logits.sum(-1) {name}", lambda: logits.sum(-1), role="floor"
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

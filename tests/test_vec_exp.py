@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import edlm  # noqa: F401  (registers torch.ops.edlm)
+import edlm
 
 FLUSH = -86.0
 TOP = 88.7
@@ -46,7 +46,9 @@ def dense_sweep():
     polynomial's interval ((n + 1/2) ln2, where the reduction switches n), next to the flush point
     and to 0."""
     parts = [torch.linspace(FLUSH, TOP, 1 << 22, dtype=torch.float64).float()]
-    parts += [around((n + 0.5) * math.log(2)) for n in (-124, -100, -20, -2, -1, 0, 1, 20, 100, 127)]
+    parts += [
+        around((n + 0.5) * math.log(2)) for n in (-124, -100, -20, -2, -1, 0, 1, 20, 100, 127)
+    ]
     parts += [around(FLUSH), around(1e-6), around(-1e-6), torch.linspace(-1e-3, 1e-3, 1 << 14)]
     return torch.cat(parts)
 

@@ -96,7 +96,8 @@ inline Vec exp_fast(const Vec& x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0x1.fffffap-1f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.f));
-  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(_mm256_add_ps(n, _mm256_set1_ps(126.f))), 23);
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_cvtps_epi32(_mm256_add_ps(n, _mm256_set1_ps(126.f))), 23);
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 #else
   alignas(64) float buf[kLanes];
@@ -110,7 +111,8 @@ inline Vec exp_fast(const Vec& x) {
 inline void exp_fast_array(const float* x, int64_t n, float* out) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) exp_fast(Vec::loadu(x + i)).store(out + i);
-  if (i < n) exp_fast(Vec::loadu(x + i, static_cast<int>(n - i))).store(out + i, static_cast<int>(n - i));
+  if (i < n)
+    exp_fast(Vec::loadu(x + i, static_cast<int>(n - i))).store(out + i, static_cast<int>(n - i));
 }
 
 // out[i] = exp((x[i] - m) * inv_t) in fp32; the same values every time for the same range.
@@ -119,8 +121,7 @@ inline void block_exp(const T* x, int64_t n, float m, float inv_t, float* out) {
   const Vec vm(m), vt(inv_t);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) exp_fast((load_vec(x + i) - vm) * vt).store(out + i);
-  if (i < n)
-    exp_fast((load_tail(x + i, n - i) - vm) * vt).store(out + i, static_cast<int>(n - i));
+  if (i < n) exp_fast((load_tail(x + i, n - i) - vm) * vt).store(out + i, static_cast<int>(n - i));
 }
 
 // sum(exp((x[i] - m) * inv_t)) with fp32 lanes, for blocks of a few thousand elements at most.
