@@ -37,17 +37,30 @@ inline int64_t pick_block(const double* prefix, int64_t nb, int64_t last_block, 
   return c >= nb ? last_block : c;
 }
 
-// Token inside a block of weights w[0, n): exact inverse CDF at u, normalized in fp64.
+// Token inside a block of weights w[0, n): exact inverse CDF at u, normalized in fp64. Whole
+// chunks of 8 are skipped by their fp64 sums (independent, so they pipeline) and only the chunk
+// that crosses the target is walked token by token: a K-draw call rescans K blocks, and this walk
+// was its serial part.
 inline int64_t inverse_cdf(const float* w, int64_t n, double u) {
   const double target = u * sum_double(w, n);
   double cum = 0.0;
-  int64_t last_positive = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (w[i] > 0.f) last_positive = i;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const double s =
+        ((static_cast<double>(w[i]) + w[i + 1]) + (static_cast<double>(w[i + 2]) + w[i + 3])) +
+        ((static_cast<double>(w[i + 4]) + w[i + 5]) + (static_cast<double>(w[i + 6]) + w[i + 7]));
+    if (cum + s > target) break;
+    cum += s;
+  }
+  for (; i < n; ++i) {
     cum += w[i];
     if (cum > target) return i;
   }
-  return last_positive;
+  // u * total rounded up to the total: the last token with positive weight.
+  for (int64_t j = n - 1; j > 0; --j) {
+    if (w[j] > 0.f) return j;
+  }
+  return 0;
 }
 
 // The row's max over its block maxima, or NaN after recording why nothing can be drawn from it
