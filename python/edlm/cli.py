@@ -778,6 +778,13 @@ def cmd_demo(argv: list[str]) -> int:
     p.add_argument("--k", type=int, default=4, help="importance-sampling candidates")
     p.add_argument("--window", type=float, default=1.0)
     p.add_argument("--prompt", default="", help="text every sample starts with (Austen suite)")
+    p.epilog = (
+        "The same bundled denoiser also fills in templates, samples a nucleus and writes text "
+        "longer than its context (add --energy ar:CKPT --k 4 to any of them for EDLM): "
+        'edlm sample --template "it is a truth ____ acknowledged" --num 4; '
+        "edlm sample --top-p 0.9 --top-k 20; "
+        "edlm sample --length 1024 --stride 128 --progress."
+    )
     args = p.parse_args(argv)
     _at_least(args, steps=1, num=1, k=1, oracle_num=2)
     device = _device(args.device)
