@@ -44,6 +44,13 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def _paired(eager, compiled, rounds):
+    """The median over interleaved rounds of eager time / compiled time: the two calls of a round
+    see the same load, so the ratio holds up on a shared machine where the medians wander."""
+    ratios = [_timed(eager)[1] / _timed(compiled)[1] for _ in range(rounds)]
+    return sorted(ratios)[len(ratios) // 2]
+
+
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def setup(request, table):
     """(name, shape, inputs, eager and compiled callables per region); records the first calls."""
@@ -92,6 +99,10 @@ def test_forward(benchmark, table, setup, region, variant):
 
     group = f"compile {name}: {region} forward N={rows} L={shape['L']}"
     table.add(benchmark, group, variant, call, baseline=variant == "eager", rounds=5)
+    if variant == "compiled":
+        with torch.no_grad():
+            ratio = _paired(*regions[region], rounds=7)
+        table.rows[-1].note = f"paired eager / compiled {ratio:.2f}x (7 interleaved rounds)"
 
 
 def _sample(shape, den, energy, k, seed=0):
@@ -125,3 +136,6 @@ def test_sample(benchmark, table, setup, k, variant):
     group = f"compile {name}: {method} B={shape['B']} L={shape['L']} T={shape['steps']}"
     fn = lambda: _sample(shape, den, energy, k)
     table.add(benchmark, group, f"sample {variant}", fn, baseline=variant == "eager", rounds=3)
+    if variant == "compiled":
+        ratio = _paired(lambda: _sample(shape, *samplers["eager"], k), fn, rounds=3)
+        table.rows[-1].note = f"paired eager / compiled {ratio:.2f}x (3 interleaved rounds)"

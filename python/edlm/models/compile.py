@@ -66,7 +66,8 @@ def compile_forwards(model):
     semi-autoregressive run has the context's length), so it compiles once per region; switching
     between train and eval mode, or grad and no-grad, compiles once more. An NCE energy's frozen
     proposal denoiser is compiled too. Compilation happens at the first call, which is slow
-    (BENCHMARKS.md); there, a failure raises CompileError with torch's first line."""
+    (BENCHMARKS.md); there, a failure raises CompileError with torch's first line. Copy a model
+    before compiling it, not after: the compiled methods are bound to the model they came from."""
     for kind, names in METHODS.items():
         if isinstance(model, kind):
             if isinstance(model, AREnergy) and not isinstance(model.ar, ARModel):
