@@ -210,6 +210,24 @@ def test_compiled_training_matches_eager_resumes_and_samples_the_same(
 
 
 @pytest.mark.slow
+def test_compiled_energy_training_matches_eager(text, tmp_path, monkeypatch):
+    """NCE: the energy's forward and its frozen proposal denoiser's, both compiled."""
+    monkeypatch.setenv("EDLM_CACHE", str(tmp_path / "cache"))
+    den = tmp_path / "denoiser"
+    assert main(train_args(text, den, 2)) == 0
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        argv = train_args(text, tmp_path / name, 3) + ["--model", "energy", "--init-from", str(den)]
+        assert main(argv + extra) == 0
+        runs[name] = losses(tmp_path / name)
+    assert len(runs["eager"]) == 3 and runs["eager"][0] != runs["eager"][-1]
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-5, abs=1e-6)
+    assert list(checkpoint.load(tmp_path / "compiled")["model"]) == list(
+        checkpoint.load(tmp_path / "eager")["model"]
+    )
+
+
+@pytest.mark.slow
 def test_a_compiler_failure_is_one_line(tmp_path):
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), EDLM_CACHE=str(tmp_path))
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")  # nothing cached to fall back on
