@@ -33,6 +33,7 @@ from .corpora import NAMED_DATASETS, austen_oracle, eval_split
 from .data import load_dataset
 from .judge import load_judge, resolve_judge
 from .likelihood import evaluate_likelihood
+from .models import CompileError, compile_forwards
 from .oracle import OracleDenoiser
 from .sampling import FINALS, sample
 from .sweep import Method, grid, plot, run_sweep, series, write_csv
@@ -67,6 +68,15 @@ SHARED = {
     "seed": ("--seed", dict(type=int, default=0)),
     "device": ("--device", dict(default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")),
     "judge": ("--judge", dict(default="auto", help=JUDGE_HELP)),
+    "compile": (
+        "--compile",
+        dict(
+            action="store_true",
+            help="torch.compile the denoiser, energy and AR forwards (our transformer models; the "
+            "oracle and Hugging Face models stay eager). The first call compiles (tens of seconds "
+            "on a CPU, BENCHMARKS.md), and needs a C++ compiler on a CPU",
+        ),
+    ),
 }
 
 
@@ -202,6 +212,7 @@ def cmd_train(argv: list[str]) -> int:
         "train",
         "Train a denoiser, an AR model or (EDLM) an energy model. Any other TrainConfig field is "
         "accepted as --key=value, model fields as --model.<field>=value.",
+        "compile",
     )
     p.add_argument("--model", default="denoiser", help="denoiser | ar | energy (default: denoiser)")
     p.add_argument(
@@ -231,7 +242,7 @@ def cmd_train(argv: list[str]) -> int:
         out=args.out or f"runs/{args.model}-{args.preset}",
     )
     config_mod.apply_overrides(cfg, _overrides(rest))
-    metrics = train(cfg, resume=args.resume, progress=not args.no_progress)
+    metrics = train(cfg, resume=args.resume, progress=not args.no_progress, compile=args.compile)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return 0
 
@@ -247,6 +258,7 @@ def cmd_sample(argv: list[str]) -> int:
         "denoiser",
         "seed",
         "device",
+        "compile",
     )
     p.add_argument(
         "--energy",
@@ -310,6 +322,9 @@ def cmd_sample(argv: list[str]) -> int:
         if args.energy
         else None
     )
+    if args.compile:
+        compile_forwards(denoiser)
+        compile_forwards(energy)
     tok = tokenizer_of(cfg) if cfg is not None else CharTokenizer()
     length = args.length or model_length
     if args.stride and cfg is None:
@@ -364,6 +379,7 @@ def cmd_sample(argv: list[str]) -> int:
         "network_calls": stats["network_calls"],
         "is_steps": stats["is_steps"],
         "final": args.final,
+        "compiled": args.compile,  # seconds include the first call's compilation
         "mean_ess": mean("ess"),
         "mean_sd_log_w": mean("sd_log_w"),
         "mean_energy_gain": mean("energy_gain"),
@@ -608,6 +624,7 @@ def cmd_sweep(argv: list[str]) -> int:
         "scored exactly under the source (bits/char against its entropy).",
         "seed",
         "device",
+        "compile",
     )
     p.add_argument(
         "--suite",
@@ -674,6 +691,9 @@ def cmd_sweep(argv: list[str]) -> int:
         "edlm-oracle": "oracle:",
     }
     methods = _methods(wanted, specs, denoiser.mask_id, vocab, device)
+    if args.compile:  # an AR row's ancestral sampler (KV cache) stays eager
+        for model in [denoiser] + [m.energy for m in methods]:
+            compile_forwards(model)
     tok = tokenizer_of(cfg) if cfg is not None else CharTokenizer()
     oracle = austen_oracle() if args.suite == "oracle" or args.denoiser == "oracle" else None
     judge_spec = args.judge or ("none" if oracle is not None else "auto")
@@ -956,6 +976,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("EDLM_DEBUG"):
             raise
         message = " ".join(str(e).split()) or type(e).__name__  # one line, always
+        if isinstance(e, CompileError):
+            message = f"--compile failed: {message}"
         if not isinstance(e, USER_ERRORS):  # a bug of ours, still no traceback unless asked for
             message = (
                 f"internal error ({type(e).__name__}: {message}); EDLM_DEBUG=1 shows the traceback"

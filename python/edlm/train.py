@@ -26,7 +26,7 @@ from . import checkpoint, schedule
 from .config import ConfigError, ModelConfig, TrainConfig, dumps, preset, resolve_device
 from .corpora import NAMED_DATASETS
 from .data import load_dataset
-from .models import EnergyModel, build
+from .models import EnergyModel, build, compile_forwards
 
 
 def setup_distributed(device_pref: str):
@@ -226,10 +226,18 @@ def build_model(cfg: TrainConfig, init):
 
 
 def train(
-    cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop_after: int | None = None
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    compile: bool = False,
 ) -> dict:
     """Trains per `cfg`; returns the last metrics. `stop_after` ends the loop early after that many
-    steps of this call (tests use it to simulate a kill)."""
+    steps of this call (tests use it to simulate a kill). `compile`: the model's forwards (and an
+    energy's proposal denoiser's) run under torch.compile (`edlm.models.compile_forwards`); the
+    state dict and checkpoints are the same as without it. Dropout draws from inductor's own
+    random numbers there, so with dropout > 0 the losses match eager in distribution only."""
     cfg = dataclasses.replace(cfg, model_config=dataclasses.replace(cfg.model_config))
     cfg.check()
     rank, world, device = setup_distributed(cfg.device)
@@ -271,6 +279,8 @@ def train(
         if ema is not None and state["ema"] is not None:
             ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
         start = state["step"]
+    if compile:
+        compile_forwards(model)
     runner = LossModule(model)
     runner = DistributedDataParallel(runner) if world > 1 else runner
     autocast = (

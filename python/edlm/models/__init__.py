@@ -2,10 +2,21 @@
 Models know nothing of files or the command line: `edlm.checkpoint` loads them."""
 
 from .ar import ARModel
+from .compile import CompileError, compile_forwards
 from .denoiser import Denoiser
 from .energy import AREnergy, EnergyModel, HFCausalLM
 
-__all__ = ["KINDS", "AREnergy", "ARModel", "Denoiser", "EnergyModel", "HFCausalLM", "build"]
+__all__ = [
+    "KINDS",
+    "AREnergy",
+    "ARModel",
+    "CompileError",
+    "Denoiser",
+    "EnergyModel",
+    "HFCausalLM",
+    "build",
+    "compile_forwards",
+]
 
 KINDS = {"denoiser": Denoiser, "ar": ARModel, "energy": EnergyModel}
 
