@@ -55,12 +55,23 @@ inline double reduce_sum_double(const Vec& v) {
   return s;
 }
 
+// Software prefetch a fixed distance ahead of a streaming read (2 KB: a few blocks of work). In a
+// stand-alone loop of the same arithmetic on 2 cores, the hardware prefetcher alone left the
+// exponentials and the loads taking turns: 1.34x the floor of x.sum() without, 1.11x with. In the
+// kernels the gain is a few percent, within this machine's noise (BENCHMARKS.md).
+template <typename T>
+inline void prefetch_ahead(const T* p) {
+  constexpr int64_t kAheadBytes = 2048;
+  __builtin_prefetch(reinterpret_cast<const char*>(p) + kAheadBytes, 0, 3);
+}
+
 // max(x[0..n)), NaN if any element is NaN.
 template <typename T>
 inline float block_max(const T* x, int64_t n) {
   Vec acc0(kNegInf), acc1(kNegInf);
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    prefetch_ahead(x + i);
     acc0 = at::vec::maximum(acc0, load_vec(x + i));
     acc1 = at::vec::maximum(acc1, load_vec(x + i + kLanes));
   }
@@ -131,6 +142,7 @@ inline double block_exp_sum(const T* x, int64_t n, float m, float inv_t) {
   Vec acc0(0.f), acc1(0.f);
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    prefetch_ahead(x + i);
     acc0 = acc0 + exp_fast((load_vec(x + i) - vm) * vt);
     acc1 = acc1 + exp_fast((load_vec(x + i + kLanes) - vm) * vt);
   }
@@ -148,6 +160,7 @@ inline void block_max_exp_sum(const T* x, int64_t n, float ref, float inv_t, flo
   Vec mx0(kNegInf), mx1(kNegInf), acc0(0.f), acc1(0.f);
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    prefetch_ahead(x + i);
     const Vec a = load_vec(x + i), b = load_vec(x + i + kLanes);
     mx0 = at::vec::maximum(mx0, a);
     mx1 = at::vec::maximum(mx1, b);
