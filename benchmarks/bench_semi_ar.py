@@ -54,6 +54,6 @@ def test_semi_autoregressive(benchmark, table, models, k):
     table.add(benchmark, GROUP, label, timed, baseline=k == 1, rounds=1)
     if seconds:
         per = sorted(seconds)[len(seconds) // 2]
-        table.rows[-1].note = (
-            f"blocks={stats['blocks']} s/1000 tokens={per / (B * LENGTH) * 1000:.2f}"
-        )
+        table.rows[
+            -1
+        ].note = f"blocks={stats['blocks']} s/1000 tokens={per / (B * LENGTH) * 1000:.2f}"
