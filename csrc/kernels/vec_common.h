@@ -55,10 +55,9 @@ inline double reduce_sum_double(const Vec& v) {
   return s;
 }
 
-// Software prefetch a fixed distance ahead of a streaming read (2 KB: a few blocks of work). In a
-// stand-alone loop of the same arithmetic on 2 cores, the hardware prefetcher alone left the
-// exponentials and the loads taking turns: 1.34x the floor of x.sum() without, 1.11x with. In the
-// kernels the gain is a few percent, within this machine's noise (BENCHMARKS.md).
+// Software prefetch a fixed distance ahead of a streaming read (2 KB: a few blocks of work), so
+// that the loads of the next blocks overlap the exponentials of this one. benchmarks/exp_loop.cpp
+// measures this arithmetic alone: a 5-15% gain there, within this machine's noise in the kernels.
 template <typename T>
 inline void prefetch_ahead(const T* p) {
   constexpr int64_t kAheadBytes = 2048;
