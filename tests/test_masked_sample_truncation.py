@@ -327,34 +327,12 @@ def test_edlm_sample_with_truncation_runs_and_top_k_1_is_greedy():
 
     energy = lambda x0, xt, t, logp: x0.float().sum(-1)
     den = ToyDenoiser()
-    x, stats = edlm.sample(
-        den,
-        batch_size=5,
-        length=L,
-        mask_id=MASK,
-        steps=6,
-        energy=energy,
-        num_candidates=3,
-        top_p=0.7,
-        top_k=2,
-        generator=gen(1),
-        return_stats=True,
-    )
+    edlm_k3 = dict(batch_size=5, length=L, mask_id=MASK, steps=6, energy=energy, num_candidates=3)
+    x, stats = edlm.sample(den, **edlm_k3, top_p=0.7, top_k=2, generator=gen(1), return_stats=True)
     assert x.shape == (5, L) and torch.all(x != MASK) and stats["is_steps"] > 0
     # top_k = 1: every candidate is the denoiser's argmax, so all K candidates are one sequence
     # and the weights are equal: ESS = K exactly.
-    x, stats = edlm.sample(
-        den,
-        batch_size=5,
-        length=L,
-        mask_id=MASK,
-        steps=6,
-        energy=energy,
-        num_candidates=3,
-        top_k=1,
-        generator=gen(2),
-        return_stats=True,
-    )
+    x, stats = edlm.sample(den, **edlm_k3, top_k=1, generator=gen(2), return_stats=True)
     torch.testing.assert_close(stats["ess"], torch.full_like(stats["ess"], 3.0))
     with pytest.raises(ValueError, match=r"sample: top_p must be in \(0, 1\], got 0"):
         edlm.sample(den, batch_size=1, length=L, mask_id=MASK, steps=2, top_p=0.0)
