@@ -24,10 +24,13 @@ def data():
     return logits, tokens, weight
 
 
-def test_eager_composite(benchmark, table, data):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_composite(benchmark, table, data, compiled):
+    """The eager composite (the baseline) and torch.compile of it (the compiled peer)."""
     logits, tokens, weight = data
+    fn = torch.compile(eager) if compiled else eager
     torch.testing.assert_close(
-        eager(logits, tokens, weight),
+        fn(logits, tokens, weight),
         reference.sequence_logprob(logits, tokens, weight),
         rtol=1e-5,
         atol=1e-2,
@@ -35,28 +38,11 @@ def test_eager_composite(benchmark, table, data):
     table.add(
         benchmark,
         GROUP,
-        "eager log_softmax+gather+sum fp32",
-        lambda: eager(logits, tokens, weight),
-        baseline=True,
-    )
-
-
-def test_compiled_composite(benchmark, table, data):
-    logits, tokens, weight = data
-    compiled = torch.compile(eager)
-    torch.testing.assert_close(
-        compiled(logits, tokens, weight),
-        reference.sequence_logprob(logits, tokens, weight),
-        rtol=1e-5,
-        atol=1e-2,
-    )
-    table.add(
-        benchmark,
-        GROUP,
-        "torch.compile of that composite fp32",
-        lambda: compiled(logits, tokens, weight),
-        role="compiled",
-        rounds=5,
+        "torch.compile of that composite fp32" if compiled else "eager log_softmax+gather+sum fp32",
+        lambda: fn(logits, tokens, weight),
+        baseline=not compiled,
+        role="compiled" if compiled else "",
+        rounds=5 if compiled else None,
     )
 
 
