@@ -234,11 +234,21 @@ def test_large_vocabulary_blocks_are_pruned_correctly(device_isa):
     device = device_isa
     # V = 50258 spans many sampling blocks: the kept set is found from the block maxima. The
     # draws' log-probabilities and kept-set membership match the reference on every row.
+    # Row 1 is peaked (a few tokens far above a flat bulk, as a trained model's): most blocks fall
+    # below the threshold. top_p alone takes the sampled bracket on these rows.
     torch.manual_seed(7)
     B, L, V = 2, 3, 50258
     logits = torch.randn(B, L, V) * 2.5
+    logits[1, :, torch.randint(0, V - 1, (30,))] += 9.0
     xt = torch.full((B, L), V - 1)
-    for kw in ({"top_p": 0.9}, {"top_k": 50}, {"top_k": 5000}, {"top_p": 0.5, "top_k": 300}):
+    for kw in (
+        {"top_p": 0.9},
+        {"top_p": 0.3},
+        {"top_p": 0.995},
+        {"top_k": 50},
+        {"top_k": 5000},
+        {"top_p": 0.5, "top_k": 300},
+    ):
         tokens, logp = ops.masked_sample(
             logits.to(device), xt.to(device), V - 1, num_samples=64, generator=gen(1, device), **kw
         )
@@ -246,6 +256,42 @@ def test_large_vocabulary_blocks_are_pruned_correctly(device_isa):
         picked = probs.unsqueeze(1).expand(B, 64, L, V).gather(-1, tokens.cpu()[..., None])[..., 0]
         assert torch.all(picked > 0), kw
         torch.testing.assert_close(logp.cpu(), picked.log().float(), rtol=0, atol=1e-5)
+
+
+def off_grid_rows(V=5000):
+    """[1, 4, V] logits whose mass sits in seven tokens at odd columns (-20 elsewhere): the CPU
+    kernel's strided sample (every 4th column here) never sees them."""
+    x = torch.full((1, 4, V), -20.0)
+    heavy = {1: 12.0, 3: 10.0, 5: 10.5, 7: 9.7, 9: 11.0, 11: 9.9, 4093: 10.2}
+    for r in range(4):
+        for i, v in heavy.items():
+            x[0, r, i] = v + 0.1 * r * (i % 3)
+    return x
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_top_p_when_the_sample_misses_the_head(device_isa, top_p):
+    # The CPU kernel brackets the top-p threshold from a strided sample of the row, then checks the
+    # bracket exactly; here the sample misses every heavy token, the check fails, and probe rounds
+    # find the threshold instead. The law and the log-probabilities must not depend on the route.
+    device = device_isa
+    V, K = 5000, 20000
+    logits = off_grid_rows(V)
+    xt = torch.full((1, 4), V - 1, device=device)
+    tokens, logp = ops.masked_sample(
+        logits.to(device), xt, V - 1, num_samples=K, top_p=top_p, generator=gen(4, device)
+    )
+    probs = reference.masked_sample_probs(logits, V - 1, 1.0, top_p)
+    counts = counts_of(tokens, V)
+    for r in range(4):
+        kept = probs[0, r] > 0
+        assert counts[0, r, ~kept].sum() == 0
+        assert top_p < 0.9 or kept.sum() >= 5  # a law with several outcomes to fit
+        if kept.sum() > 1:
+            stat, df = chi_square(counts[0, r, kept], probs[0, r, kept])
+            assert stat < chi_square_bound(df), f"row {r}: chi2 {stat:.1f} with {df} df"
+    picked = probs.unsqueeze(1).expand(1, K, 4, V).gather(-1, tokens.cpu()[..., None])[..., 0]
+    torch.testing.assert_close(logp.cpu(), picked.log().float(), rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- torch integration, bad input

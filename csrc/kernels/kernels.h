@@ -53,12 +53,13 @@ struct SequenceLogprobParams {
   double* terms;  // [N, L] out: weight * log_softmax(logits)[token]; 0 where weight == 0
 };
 
-#define EDLM_DECLARE_CPU_KERNELS(ISA)                    \
-  namespace ISA {                                        \
-  void masked_sample(const MaskedSampleParams& p);       \
-  void sequence_logprob(const SequenceLogprobParams& p); \
-  void exp_array(const float* x, int64_t n, float* out); \
-  const char* name();                                    \
+#define EDLM_DECLARE_CPU_KERNELS(ISA)                        \
+  namespace ISA {                                            \
+  void masked_sample(const MaskedSampleParams& p);           \
+  void masked_sample_truncated(const MaskedSampleParams& p); \
+  void sequence_logprob(const SequenceLogprobParams& p);     \
+  void exp_array(const float* x, int64_t n, float* out);     \
+  const char* name();                                        \
   }
 
 EDLM_DECLARE_CPU_KERNELS(DEFAULT)

@@ -8,7 +8,9 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -134,27 +136,40 @@ inline void block_exp(const T* x, int64_t n, float m, float inv_t, float* out) {
   if (i < n) exp_fast((load_tail(x + i, n - i) - vm) * vt).store(out + i, static_cast<int>(n - i));
 }
 
-// sum(exp((x[i] - m) * inv_t)) with fp32 lanes, for blocks of a few thousand elements at most.
-template <typename T>
-inline double block_exp_sum(const T* x, int64_t n, float m, float inv_t) {
+// sum(exp((x[i] - m) * inv_t)) with fp32 lanes, for blocks of a few thousand elements at most;
+// with kStore, the exponentials also go to out[0, n).
+template <bool kStore = false, typename T>
+inline double block_exp_sum(const T* x, int64_t n, float m, float inv_t, float* out = nullptr) {
   const Vec vm(m), vt(inv_t);
   Vec acc0(0.f), acc1(0.f);
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
     prefetch_ahead(x + i);
-    acc0 = acc0 + exp_fast((load_vec(x + i) - vm) * vt);
-    acc1 = acc1 + exp_fast((load_vec(x + i + kLanes) - vm) * vt);
+    const Vec e0 = exp_fast((load_vec(x + i) - vm) * vt);
+    const Vec e1 = exp_fast((load_vec(x + i + kLanes) - vm) * vt);
+    if constexpr (kStore) e0.store(out + i), e1.store(out + i + kLanes);
+    acc0 = acc0 + e0;
+    acc1 = acc1 + e1;
   }
-  for (; i + kLanes <= n; i += kLanes) acc0 = acc0 + exp_fast((load_vec(x + i) - vm) * vt);
-  if (i < n) acc1 = acc1 + exp_fast((load_tail(x + i, n - i) - vm) * vt);
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec e0 = exp_fast((load_vec(x + i) - vm) * vt);
+    if constexpr (kStore) e0.store(out + i);
+    acc0 = acc0 + e0;
+  }
+  if (i < n) {
+    const Vec e1 = exp_fast((load_tail(x + i, n - i) - vm) * vt);  // padding lanes are 0
+    if constexpr (kStore) e1.store(out + i, static_cast<int>(n - i));
+    acc1 = acc1 + e1;
+  }
   return reduce_sum_double(acc0 + acc1);
 }
 
 // One read of a block: its max and sum(exp((x[i] - ref) * inv_t)) against a reference that may be
-// below the block's max (the caller redoes the block if the gap could overflow fp32).
-template <typename T>
+// below the block's max (the caller redoes the block if the gap could overflow fp32); with kStore,
+// the exponentials also go to out[0, n).
+template <bool kStore, typename T>
 inline void block_max_exp_sum(const T* x, int64_t n, float ref, float inv_t, float* max_out,
-                              double* sum_out) {
+                              double* sum_out, float* out) {
   const Vec vr(ref), vt(inv_t);
   Vec mx0(kNegInf), mx1(kNegInf), acc0(0.f), acc1(0.f);
   int64_t i = 0;
@@ -163,18 +178,24 @@ inline void block_max_exp_sum(const T* x, int64_t n, float ref, float inv_t, flo
     const Vec a = load_vec(x + i), b = load_vec(x + i + kLanes);
     mx0 = at::vec::maximum(mx0, a);
     mx1 = at::vec::maximum(mx1, b);
-    acc0 = acc0 + exp_fast((a - vr) * vt);
-    acc1 = acc1 + exp_fast((b - vr) * vt);
+    const Vec e0 = exp_fast((a - vr) * vt), e1 = exp_fast((b - vr) * vt);
+    if constexpr (kStore) e0.store(out + i), e1.store(out + i + kLanes);
+    acc0 = acc0 + e0;
+    acc1 = acc1 + e1;
   }
   for (; i + kLanes <= n; i += kLanes) {
     const Vec a = load_vec(x + i);
     mx0 = at::vec::maximum(mx0, a);
-    acc0 = acc0 + exp_fast((a - vr) * vt);
+    const Vec e0 = exp_fast((a - vr) * vt);
+    if constexpr (kStore) e0.store(out + i);
+    acc0 = acc0 + e0;
   }
   if (i < n) {
     const Vec a = load_tail(x + i, n - i);
     mx1 = at::vec::maximum(mx1, a);
-    acc1 = acc1 + exp_fast((a - vr) * vt);
+    const Vec e1 = exp_fast((a - vr) * vt);
+    if constexpr (kStore) e1.store(out + i, static_cast<int>(n - i));
+    acc1 = acc1 + e1;
   }
   *max_out = reduce_max(at::vec::maximum(mx0, mx1));
   *sum_out = reduce_sum_double(acc0 + acc1);
@@ -186,27 +207,33 @@ constexpr float kMaxExponent = 60.f;
 
 // Streams a row block by block (block c is [begin(c), end(c))), in one read of memory: for each
 // block, the reference it was exponentiated against (ref[c]), its max (max[c]) and
-// sum[c] = sum(exp((x - ref[c]) * inv_t)). Returns false if the row holds NaN or +inf.
-template <typename T, typename Range>
+// sum[c] = sum(exp((x - ref[c]) * inv_t)); with kStore those exponentials also go to
+// store[begin(c), end(c)). Returns false if the row holds NaN or +inf.
+template <bool kStore = false, typename T, typename Range>
 inline bool stream_row(const T* row, int64_t num_blocks, Range range, float inv_t, float* ref,
-                       float* max, double* sum) {
+                       float* max, double* sum, float* store = nullptr) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   float run = kNegInf;  // running reference: the largest block max so far
   for (int64_t c = 0; c < num_blocks; ++c) {
     const auto [lo, hi] = range(c);
     const T* x = row + lo;
     const int64_t n = hi - lo;
+    float* out = kStore ? store + lo : nullptr;
     float m;
-    double s;
+    double s = 0.0;
     if (run == kNegInf) {
       m = block_max(x, n);
-      s = (m == kNegInf || std::isnan(m) || m == kInf) ? 0.0 : block_exp_sum(x, n, m, inv_t);
+      if (m == kNegInf || std::isnan(m) || m == kInf) {
+        if constexpr (kStore) std::fill(out, out + n, 0.f);
+      } else {
+        s = block_exp_sum<kStore>(x, n, m, inv_t, out);
+      }
       ref[c] = m;
     } else {
-      block_max_exp_sum(x, n, run, inv_t, &m, &s);
+      block_max_exp_sum<kStore>(x, n, run, inv_t, &m, &s, out);
       ref[c] = run;
       if ((m - run) * inv_t > kMaxExponent && m != kInf) {
-        s = block_exp_sum(x, n, m, inv_t);
+        s = block_exp_sum<kStore>(x, n, m, inv_t, out);
         ref[c] = m;
       }
     }
@@ -216,6 +243,48 @@ inline bool stream_row(const T* row, int64_t num_blocks, Range range, float inv_
     run = std::max(run, m);
   }
   return true;
+}
+
+// Lane i of a comparison result (all ones or all zeros per lane) as bit i.
+inline int lane_bits(const Vec& cmp) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return _mm256_movemask_ps(cmp);
+#else
+  return ~cmp.zero_mask() & ((1 << kLanes) - 1);
+#endif
+}
+
+// For each 8-bit lane selection, the selected lane numbers in order (then zeros): the permutation
+// that packs them to the front.
+struct CompressTable {
+  alignas(32) int32_t idx[256][8];
+};
+constexpr CompressTable make_compress_table() {
+  CompressTable t{};
+  for (int bits = 0; bits < 256; ++bits) {
+    int n = 0;
+    for (int i = 0; i < 8; ++i) {
+      if (bits >> i & 1) t.idx[bits][n++] = i;
+    }
+  }
+  return t;
+}
+inline constexpr CompressTable kCompressTable = make_compress_table();
+
+// The lanes of v selected by bits (lane i if bit i) written to out[0, popcount(bits)) in lane
+// order, without a branch per lane; out must have room for kLanes floats.
+inline void compress_store(const Vec& v, int bits, float* out) {
+#if defined(CPU_CAPABILITY_AVX2)
+  static_assert(kLanes == 8);
+  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompressTable.idx[bits]));
+  _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(v, idx));
+#else
+  alignas(64) float buf[kLanes];
+  v.store(buf);
+  for (int64_t i = 0, n = 0; i < kLanes; ++i) {
+    if (bits >> i & 1) out[n++] = buf[i];
+  }
+#endif
 }
 
 // Sum of n floats in double (four independent accumulators, so it vectorizes).
