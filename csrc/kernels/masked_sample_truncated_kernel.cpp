@@ -237,12 +237,15 @@ void top_k_row(const T* row, const MaskedSampleParams& p, int64_t pos, Scratch& 
   }
 }
 
-// Brackets the top-p threshold from the strided sample: the mass below a logit t is estimated as f
-// times the sampled mass below t (f = columns per sampled column), and [t_lo, t_hi) spans the bin
-// edges where that estimate is within kZ standard deviations of (1 - top_p) * mass. False when
-// the sample cannot tell (fewer than two distinct logits, or top_p rounding to 1).
-inline bool sample_bracket(const Scratch& s, int64_t sampled, int64_t n_real, double mass,
-                           double top_p, float row_max, float* t_lo, float* t_hi) {
+// Brackets the top-p threshold from two strata: the block maxima, known exactly, and the strided
+// sample of the other tokens. The mass below a logit t is estimated as the block maxima's mass
+// below t plus f times the sampled mass below t (f = columns per sampled column), and
+// [t_lo, t_hi) spans the bin edges where that estimate is within kZ standard deviations of
+// (1 - top_p) * mass. False when the sample cannot tell (fewer than two distinct logits, or
+// top_p rounding to 1).
+inline bool sample_bracket(const Scratch& s, int64_t nb, int64_t sampled, int64_t n_real,
+                           double mass, double top_p, float row_max, float inv_t, float* t_lo,
+                           float* t_hi) {
   constexpr int kBins = 512;
   constexpr double kZ = 3.5;
   if (s.sample.size() < 2) return false;
@@ -250,29 +253,36 @@ inline bool sample_bracket(const Scratch& s, int64_t sampled, int64_t n_real, do
   for (const Sample& q : s.sample) lo = std::min(lo, q.x);
   const double width = static_cast<double>(row_max) - lo;
   if (!(width > 0.0)) return false;
-  double hw[kBins] = {}, hw2[kBins] = {};
+  double hs[kBins] = {}, hs2[kBins] = {}, hx[kBins] = {};  // sampled w, w^2; block maxima's w
   const double per_bin = kBins / width;
+  auto bin = [&](float x) {
+    const double v = (static_cast<double>(x) - lo) * per_bin;
+    return v >= kBins - 1 ? kBins - 1 : v > 0.0 ? static_cast<int>(v) : 0;
+  };
   for (const Sample& q : s.sample) {
     const double w = static_cast<double>(q.e) * s.scale[q.block];
-    const int bin = std::min(kBins - 1, static_cast<int>((q.x - lo) * per_bin));
-    hw[bin] += w;
-    hw2[bin] += w * w;
+    hs[bin(q.x)] += w;
+    hs2[bin(q.x)] += w * w;
+  }
+  for (int64_t c = 0; c < nb; ++c) {
+    if (s.block_max[c] != kNegInf)
+      hx[bin(s.block_max[c])] += std::exp((static_cast<double>(s.block_max[c]) - row_max) * inv_t);
   }
   const double f = static_cast<double>(n_real) / static_cast<double>(sampled);
   const double below = (1.0 - top_p) * mass;  // the mass the kept set leaves out, at most
   *t_lo = kNegInf;
   *t_hi = kInf;
-  double g = 0.0, g2 = 0.0;  // sampled mass (and its square) below edge j
+  double g = 0.0, g2 = 0.0, gx = 0.0;  // the histograms' sums below edge j
   for (int j = 0; j <= kBins; ++j) {
     const float edge = j == kBins ? row_max : static_cast<float>(lo + width * j / kBins);
-    // est +- kZ sd against `below`, compared in squares: est = f g, sd^2 = f^2 g2.
-    const double gap = below - f * g, spread = kZ * kZ * f * f * g2;
+    // est +- kZ sd against `below`, compared in squares: est = f g + gx, sd^2 = f^2 g2.
+    const double gap = below - f * g - gx, spread = kZ * kZ * f * f * g2;
     if (gap > 0.0 && gap * gap > spread) *t_lo = edge;
     if (gap < 0.0 && gap * gap > spread) {
       *t_hi = edge;
       break;
     }
-    if (j < kBins) g += hw[j], g2 += hw2[j];
+    if (j < kBins) g += hs[j], g2 += hs2[j], gx += hx[j];
   }
   return *t_lo != kNegInf && *t_lo < *t_hi;
 }
@@ -387,7 +397,8 @@ void top_p_row(const T* row, const MaskedSampleParams& p, int64_t pos, Scratch& 
   const int64_t stride = std::max<int64_t>(1, n_real / kSampleSize);
 
   // One read of the row: per block, its max, the exponentials against its reference and their
-  // sum (as the plain kernel, keeping the exponentials); then every stride-th column.
+  // sum (as the plain kernel, keeping the exponentials); then every stride-th column that is not
+  // its block's max.
   const bool ok = stream_row<true>(
       row, nb, [&](int64_t c) { return std::pair{p.block_begin[c], p.block_end[c]}; }, inv_t,
       s.ref.data(), s.block_max.data(), s.block_sum.data(), e);
@@ -396,7 +407,8 @@ void top_p_row(const T* row, const MaskedSampleParams& p, int64_t pos, Scratch& 
   for (int64_t c = 0; c < nb && ok; ++c) {
     const int64_t lo = p.block_begin[c], hi = p.block_end[c];
     for (int64_t i = (lo + stride - 1) / stride * stride; i < hi; i += stride, ++sampled) {
-      if (e[i] > 0.f) s.sample.push_back({static_cast<float>(row[i]), e[i], c});
+      const float x = static_cast<float>(row[i]);
+      if (e[i] > 0.f && x != s.block_max[c]) s.sample.push_back({x, e[i], c});
     }
   }
   const float row_max = checked_row_max(ok, s.block_max.data(), nb, pos, p);
@@ -411,7 +423,7 @@ void top_p_row(const T* row, const MaskedSampleParams& p, int64_t pos, Scratch& 
   const double target = p.top_p * mass;
   float threshold, t_lo, t_hi;
   bool bracketed = false;
-  if (sample_bracket(s, sampled, n_real, mass, p.top_p, row_max, &t_lo, &t_hi)) {
+  if (sample_bracket(s, nb, sampled, n_real, mass, p.top_p, row_max, inv_t, &t_lo, &t_hi)) {
     const double above = bracket_pass(row, p, s, t_lo, t_hi);
     double inside = 0.0;
     for (int64_t c = 0; c < nb; ++c) {
