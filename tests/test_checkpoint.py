@@ -53,6 +53,25 @@ def test_load_energy_specs():
         load_energy(f"ar:{bundled('ar-tiny')}", mask_id=49, vocab_size=50)
 
 
+def test_bundled_names_load_where_no_such_path_exists(tmp_path, monkeypatch):
+    # Every checkpoint option takes a bundled name (ar:ar-tiny, --denoiser denoiser-tiny); a real
+    # path of that name wins, and a name that is neither says which names are bundled.
+    monkeypatch.chdir(tmp_path)
+    ar = load_energy("ar:ar-tiny", mask_id=27, vocab_size=28)
+    want = load_energy(f"ar:{bundled('ar-tiny')}", mask_id=27, vocab_size=28)
+    x = torch.randint(0, 27, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(
+        ar.log_p_ar(x, torch.full_like(x, 27)), want.log_p_ar(x, torch.full_like(x, 27))
+    )
+    assert load_model("denoiser-tiny", kind="denoiser")[1].model_config.length == 256
+    with pytest.raises(CheckpointError, match="no checkpoint at ar-tiniest.*bundled names: "):
+        load_energy("ar:ar-tiniest", mask_id=27, vocab_size=28)
+    local = tmp_path / "ar-tiny"
+    local.mkdir()
+    with pytest.raises(CheckpointError, match="ar-tiny: expected a checkpoint directory"):
+        load_model("ar-tiny", kind="ar")
+
+
 def test_corrupt_checkpoints_are_checkpoint_errors(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -45,7 +45,7 @@ def test_sample_defaults_to_the_bundled_denoiser(capsys):
 
 
 def test_sample_prints_the_importance_sampling_stats(capsys):
-    ar = f"ar:{checkpoint.bundled('ar-tiny')}"
+    ar = "ar:ar-tiny"  # a bundled checkpoint by name
     args = ["sample", "--steps", "4", "--num", "2", "--length", "32", "--energy", ar, "--k", "3"]
     assert main(args + ["--final", "sample"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("--- stats "))
@@ -271,6 +271,18 @@ BAD = [
         False,
     ),
     ("eval", ["--denoiser", "{truncated}", "--steps", "0"], "--steps must be >= 1, got 0", False),
+    (
+        "eval",
+        ["--denoiser", "{truncated}", "--bound", "infinite", "--num-is", "1"],
+        "--num-is must be >= 2 with --bound infinite, got 1",
+        False,
+    ),
+    (
+        "eval",
+        ["--denoiser", "{truncated}", "--num-is", "0"],
+        "--num-is must be >= 1 with --bound sir, got 0",
+        False,
+    ),
     ("sweep", ["--device", "banana"], "--device banana: unknown device", False),
     ("sweep", ["--steps", "8,x"], "--steps must be a comma-separated list of int", False),
     ("sweep", ["--methods", "mdlm,gpt"], "unknown method 'gpt' in --methods", False),

@@ -113,10 +113,16 @@ def save(
 
 
 def resolve(path) -> Path:
-    """A checkpoint directory from itself or from a run directory (through `latest`)."""
+    """A checkpoint directory from itself, from a run directory (through `latest`), or from the
+    name of a bundled checkpoint (`ar-tiny`, ...) where no such path exists."""
     path = Path(path).expanduser()
+    if not path.exists() and str(path) in BUNDLED:
+        path = bundled(str(path))
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
+        raise CheckpointError(
+            f"no checkpoint at {path}: the path does not exist (bundled names: "
+            f"{', '.join(BUNDLED)})"
+        )
     if (path / LATEST).is_file():
         name = (path / LATEST).read_text().strip()
         target = path / name

@@ -485,6 +485,12 @@ def cmd_eval(argv: list[str]) -> int:
     _at_least(args, num_sequences=1, num_t=1, num_tau=1, num_is=0, batch_size=1, k=1)
     if args.bound not in ("sir", "infinite", "paper"):
         raise CommandError(f"--bound must be sir, infinite or paper, got {args.bound!r}")
+    # sir needs one completion per step, infinite two proposal draws; paper takes 0 draws for log Z.
+    least = {"sir": 1, "infinite": 2, "paper": 0}[args.bound]
+    if args.num_is < least:
+        raise CommandError(
+            f"--num-is must be >= {least} with --bound {args.bound}, got {args.num_is}"
+        )
     steps = _list(args.steps, int, "--steps")
     if any(T < 1 for T in steps):
         raise CommandError(f"--steps must be >= 1, got {args.steps}")
@@ -530,7 +536,7 @@ def cmd_eval(argv: list[str]) -> int:
             num_candidates=args.k,
             window=args.window,
             bound=args.bound if args.bound != "paper" else "sir",
-            num_completions=max(args.num_is, 2 if args.bound == "infinite" else 1),
+            num_completions=max(args.num_is, 1),  # paper's bound runs sir with its own draws
             num_tau=args.num_tau,
             batch_size=args.batch_size,
             generator=g,
