@@ -110,6 +110,7 @@ struct Scratch {
         ref(p.num_blocks),
         cx(p.V + kLanes),
         ce(p.V + kLanes),
+        bins(p.V + kLanes),
         block_sum(p.num_blocks),
         scale(p.num_blocks),
         prefix(p.num_blocks),
@@ -118,6 +119,7 @@ struct Scratch {
   std::vector<float> buf, e, block_max, maxima;
   std::vector<float> ref;         // the reference block c's exponentials e were taken against
   std::vector<float> cx, ce;      // bracket pass: logits and e of the tokens inside the bracket
+  std::vector<int32_t> bins;      // and their histogram bins
   std::vector<double> block_sum;  // sum of e over the block
   std::vector<double> scale;      // exp((ref - row max) / T): e * scale is a token's mass
   std::vector<double> prefix, above;
@@ -301,10 +303,7 @@ double bracket_pass(const T* row, const MaskedSampleParams& p, Scratch& s, float
     if (s.block_max[c] >= t_lo && s.scale[c] > 0.0) {
       const int64_t lo = p.block_begin[c], hi = p.block_end[c];
       Vec acc(0.f);
-      for (int64_t i0 = lo; i0 < hi; i0 += kLanes) {
-        const int m = static_cast<int>(std::min<int64_t>(kLanes, hi - i0));
-        const Vec xv = m == kLanes ? load_vec(row + i0) : load_tail(row + i0, m);
-        const Vec ev = m == kLanes ? Vec::loadu(e + i0) : Vec::loadu(e + i0, m);
+      auto step = [&](const Vec& xv, const Vec& ev) {
         const Vec ge_hi = xv >= vhi;
         acc = acc + (ev & ge_hi);
         // Lanes with t_lo <= x < t_hi (padding lanes are -inf < t_lo; massless tokens add 0).
@@ -312,6 +311,12 @@ double bracket_pass(const T* row, const MaskedSampleParams& p, Scratch& s, float
         compress_store(xv, in, s.cx.data() + n);
         compress_store(ev, in, s.ce.data() + n);
         n += __builtin_popcount(in);
+      };
+      int64_t i0 = lo;
+      for (; i0 + kLanes <= hi; i0 += kLanes) step(load_vec(row + i0), Vec::loadu(e + i0));
+      if (i0 < hi) {
+        const int m = static_cast<int>(hi - i0);
+        step(load_tail(row + i0, m), Vec::loadu(e + i0, m));
       }
       s.above[c] = reduce_sum_double(acc) * s.scale[c];
       above_total += s.above[c];
@@ -328,21 +333,25 @@ inline float bracket_threshold(Scratch& s, int64_t nb, double above, double targ
                                float hi) {
   constexpr int kBins = 1024;
   std::array<double, kBins> hist{};
-  const double per_bin = hi > lo ? kBins / (static_cast<double>(hi) - lo) : 0.0;
-  // Monotone in x, so a higher bin holds only larger logits and ties share a bin.
-  auto bin = [&](float x) {
-    const double v = (static_cast<double>(x) - lo) * per_bin;
-    return v >= kBins - 1 ? kBins - 1 : v > 0.0 ? static_cast<int>(v) : 0;
-  };
+  const size_t n = s.cand_end[nb - 1];
+  // Monotone in x (a float difference, a scale, a clamp, a truncation), so a higher bin holds only
+  // larger logits and ties share a bin. A loop the compiler vectorizes.
+  float per_bin = hi > lo ? kBins / (hi - lo) : 0.f;
+  if (!std::isfinite(per_bin)) per_bin = 0.f;
+  int32_t* bins = s.bins.data();
+  for (size_t i = 0; i < n; ++i) {
+    const float v = std::min(std::max((s.cx[i] - lo) * per_bin, 0.f), kBins - 1.f);
+    bins[i] = static_cast<int32_t>(v);
+  }
   for (int64_t c = 0, i = 0; c < nb; ++c) {
-    for (; i < static_cast<int64_t>(s.cand_end[c]); ++i) hist[bin(s.cx[i])] += s.ce[i] * s.scale[c];
+    for (; i < static_cast<int64_t>(s.cand_end[c]); ++i) hist[bins[i]] += s.ce[i] * s.scale[c];
   }
   int b = kBins - 1;
   for (; b > 0 && above + hist[b] < target; --b) above += hist[b];
   s.work.clear();
   for (int64_t c = 0, i = 0; c < nb; ++c) {
     for (; i < static_cast<int64_t>(s.cand_end[c]); ++i) {
-      if (bin(s.cx[i]) == b) s.work.push_back({s.cx[i], s.ce[i] * s.scale[c]});
+      if (bins[i] == b) s.work.push_back({s.cx[i], s.ce[i] * s.scale[c]});
     }
   }
   return mass_threshold(s.work, above, target, lo);
