@@ -258,6 +258,38 @@ def test_large_vocabulary_blocks_are_pruned_correctly(device_isa):
         torch.testing.assert_close(logp.cpu(), picked.log().float(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("peaked", [False, True], ids=["flat", "peaked"])
+def test_top_p_law_at_large_vocabulary(device_isa, peaked):
+    # V = 50258: the CPU kernel brackets the threshold from its sample, so the kept mass of each
+    # block comes from the bracket pass (the mass above the bracket plus the bracketed tokens at or
+    # above the threshold). Draws counted by 1000-token group fit the reference's group masses.
+    device = device_isa
+    V, K, G = 50258, 40000, 1000
+    g = torch.Generator().manual_seed(11)
+    # A ramp across the vocabulary, so that truncation takes more from some groups than others.
+    logits = torch.randn(1, 2, V, generator=g) * 2.5 + torch.linspace(-3.0, 3.0, V)
+    if peaked:
+        logits[0, :, torch.randint(0, V - 1, (40,), generator=g)] += 8.0
+    xt = torch.full((1, 2), V - 1, device=device)
+    tokens, _ = ops.masked_sample(
+        logits.to(device), xt, V - 1, num_samples=K, top_p=0.9, generator=gen(5, device)
+    )
+    probs = reference.masked_sample_probs(logits, V - 1, 1.0, 0.9)
+    groups = (V + G - 1) // G
+    for r in range(2):
+        counts = torch.bincount(tokens.cpu()[0, :, r] // G, minlength=groups).double()
+        want = torch.zeros(groups, dtype=torch.float64).index_add_(
+            0, torch.arange(V) // G, probs[0, r]
+        )
+        stat, df = chi_square(counts, want)
+        assert stat < chi_square_bound(df), f"row {r}: chi2 {stat:.1f} with {df} df"
+        # The untruncated law, grouped the same way, is rejected: the test sees the truncation.
+        plain = torch.zeros(groups, dtype=torch.float64).index_add_(
+            0, torch.arange(V) // G, reference.masked_sample_probs(logits, V - 1, 1.0)[0, r]
+        )
+        assert chi_square(counts, plain)[0] > chi_square_bound(df)
+
+
 def off_grid_rows(V=5000):
     """[1, 4, V] logits whose mass sits in seven tokens at odd columns (-20 elsewhere): the CPU
     kernel's strided sample (every 4th column here) never sees them."""
