@@ -425,6 +425,27 @@ def test_extreme_temperatures_in_range(device):
     )
 
 
+# (column of the bad value, a large logit in its block or not): the first block, a later block (the
+# streaming pass, which detects NaN from its sum of exponentials), a later block whose large max
+# makes the pass redo the block against its own max, and a block's last partial vector.
+BAD_SPOTS = [(3, False), (2600, False), (2600, True), (4998, False)]
+
+
+@pytest.mark.parametrize("column,redo", BAD_SPOTS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("truncation", [{}, {"top_p": 0.9}, {"top_k": 5}], ids=str)
+def test_nan_or_inf_anywhere_in_a_long_row_is_an_error(device_isa, column, redo, value, truncation):
+    if device_isa != "cpu":
+        pytest.skip("value checks are read on the CPU")
+    V = 5000
+    logits = torch.randn(2, 3, V)
+    logits[1, 1, column] = value
+    if redo:
+        logits[1, 1, column + 1] = 500.0
+    xt = torch.full((2, 3), V - 1)
+    bad(r"masked_sample: logits\[1, 1\] contain NaN or \+inf", logits, xt, V - 1, **truncation)
+
+
 def test_bad_values_cpu():
     # Value checks (read from the tensors): raised on the CPU; on CUDA see the README.
     logits = torch.randn(2, 3, 5)

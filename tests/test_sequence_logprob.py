@@ -90,6 +90,20 @@ def test_nan_propagates(device):
     assert torch.isfinite(out[0]) and torch.isnan(out[1])
 
 
+@pytest.mark.parametrize("column,redo", [(3, False), (5000, False), (5000, True), (9998, False)])
+def test_nan_propagates_from_anywhere_in_a_long_row(device_isa, column, redo):
+    # Later blocks go through the streaming pass, which sees NaN in its sum of exponentials, also
+    # when a large max in the block makes it redo the block against that max.
+    logits = torch.randn(2, 3, 9999)
+    logits[1, 0, column] = float("nan")
+    if redo:
+        logits[1, 0, column + 1] = 500.0
+    out = ops.sequence_logprob(
+        logits.to(device_isa), torch.zeros(2, 3, dtype=torch.long, device=device_isa)
+    )
+    assert torch.isfinite(out[0]) and torch.isnan(out[1])
+
+
 def test_zero_weight_positions_are_never_read(device):
     logits, tokens = case(2, 10, 50, device)
     weight = torch.ones(2, 10, device=device)

@@ -89,13 +89,19 @@ inline float block_max(const T* x, int64_t n) {
 // exponent bits; the split power keeps n = 128 finite until the last multiply, and the flush keeps
 // 2^(n-1) normal. 17 vector instructions, one fewer than ATen's exp_u20 (documented at 20 ulp).
 // DEFAULT: std::exp per lane with the same flush.
+// kStreaming (the row passes' hot loop, whose arguments are at most kMaxExponent or else redone):
+// no clamp above, and NaN comes out as NaN, so that the caller sees it in the sum; two
+// instructions and two constant registers fewer.
 constexpr float kExpFlush = -86.f;  // exp(-86) = 4.5e-38, just above FLT_MIN
 
+template <bool kStreaming = false>
 inline Vec exp_fast(const Vec& x) {
 #if defined(CPU_CAPABILITY_AVX2)
   const __m256 v = x;
-  const __m256 keep = _mm256_cmp_ps(v, _mm256_set1_ps(kExpFlush), _CMP_GE_OQ);
-  const __m256 xc = _mm256_min_ps(v, _mm256_set1_ps(88.8f));  // n <= 128
+  // Lanes to keep: x >= kExpFlush (streaming: and NaN).
+  const __m256 keep =
+      _mm256_cmp_ps(v, _mm256_set1_ps(kExpFlush), kStreaming ? _CMP_NLT_UQ : _CMP_GE_OQ);
+  const __m256 xc = kStreaming ? v : _mm256_min_ps(v, _mm256_set1_ps(88.8f));  // n <= 128
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269502f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147182f), xc);
@@ -114,8 +120,21 @@ inline Vec exp_fast(const Vec& x) {
 #else
   alignas(64) float buf[kLanes];
   x.store(buf);
-  for (int64_t i = 0; i < kLanes; ++i) buf[i] = buf[i] >= kExpFlush ? std::exp(buf[i]) : 0.f;
+  for (int64_t i = 0; i < kLanes; ++i) {
+    const bool keep = kStreaming ? !(buf[i] < kExpFlush) : buf[i] >= kExpFlush;
+    buf[i] = keep ? std::exp(buf[i]) : 0.f;
+  }
   return Vec::loadu(buf);
+#endif
+}
+
+// max(a, b) per lane for the row passes' hot loop, which detect NaN from their exponential's sum:
+// AVX2's vmaxps alone (a NaN may be dropped), not at::vec::maximum's three instructions.
+inline Vec max_streaming(const Vec& a, const Vec& b) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return _mm256_max_ps(a, b);
+#else
+  return at::vec::maximum(a, b);
 #endif
 }
 
@@ -166,39 +185,41 @@ inline double block_exp_sum(const T* x, int64_t n, float m, float inv_t, float* 
 
 // One read of a block: its max and sum(exp((x[i] - ref) * inv_t)) against a reference that may be
 // below the block's max (the caller redoes the block if the gap could overflow fp32); with kStore,
-// the exponentials also go to out[0, n).
+// the exponentials also go to out[0, n). A NaN in the block makes the sum NaN (the max may miss
+// it); +inf makes the max +inf.
 template <bool kStore, typename T>
 inline void block_max_exp_sum(const T* x, int64_t n, float ref, float inv_t, float* max_out,
                               double* sum_out, float* out) {
   const Vec vr(ref), vt(inv_t);
-  Vec mx0(kNegInf), mx1(kNegInf), acc0(0.f), acc1(0.f);
+  // One max and one sum accumulator, each fed a pair of vectors per step: with two of each, the
+  // exponential's constants leave too few of the 16 ymm registers and the compiler spilled an
+  // accumulator to the stack, a store-to-load round trip on the loop's critical path.
+  Vec mx(kNegInf), acc(0.f);
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
     prefetch_ahead(x + i);
     const Vec a = load_vec(x + i), b = load_vec(x + i + kLanes);
-    mx0 = at::vec::maximum(mx0, a);
-    mx1 = at::vec::maximum(mx1, b);
-    const Vec e0 = exp_fast((a - vr) * vt), e1 = exp_fast((b - vr) * vt);
+    mx = max_streaming(mx, max_streaming(a, b));
+    const Vec e0 = exp_fast<true>((a - vr) * vt), e1 = exp_fast<true>((b - vr) * vt);
     if constexpr (kStore) e0.store(out + i), e1.store(out + i + kLanes);
-    acc0 = acc0 + e0;
-    acc1 = acc1 + e1;
+    acc = acc + (e0 + e1);
   }
   for (; i + kLanes <= n; i += kLanes) {
     const Vec a = load_vec(x + i);
-    mx0 = at::vec::maximum(mx0, a);
-    const Vec e0 = exp_fast((a - vr) * vt);
+    mx = max_streaming(mx, a);
+    const Vec e0 = exp_fast<true>((a - vr) * vt);
     if constexpr (kStore) e0.store(out + i);
-    acc0 = acc0 + e0;
+    acc = acc + e0;
   }
   if (i < n) {
     const Vec a = load_tail(x + i, n - i);
-    mx1 = at::vec::maximum(mx1, a);
-    const Vec e1 = exp_fast((a - vr) * vt);
+    mx = max_streaming(mx, a);
+    const Vec e1 = exp_fast<true>((a - vr) * vt);
     if constexpr (kStore) e1.store(out + i, static_cast<int>(n - i));
-    acc1 = acc1 + e1;
+    acc = acc + e1;
   }
-  *max_out = reduce_max(at::vec::maximum(mx0, mx1));
-  *sum_out = reduce_sum_double(acc0 + acc1);
+  *max_out = reduce_max(mx);
+  *sum_out = reduce_sum_double(acc);
 }
 
 // Largest (x - ref) * inv_t a block may reach against its reference: exp(60) is far from fp32's
@@ -231,6 +252,7 @@ inline bool stream_row(const T* row, int64_t num_blocks, Range range, float inv_
       ref[c] = m;
     } else {
       block_max_exp_sum<kStore>(x, n, run, inv_t, &m, &s, out);
+      if (std::isnan(s)) return false;  // before a redo, whose exponential drops NaN
       ref[c] = run;
       if ((m - run) * inv_t > kMaxExponent && m != kInf) {
         s = block_exp_sum<kStore>(x, n, m, inv_t, out);
