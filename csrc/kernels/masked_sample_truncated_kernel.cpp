@@ -131,6 +131,9 @@ struct Scratch {
   std::vector<double> kw, cum;
 };
 
+// The first of block c's bracketed tokens in s.cx / s.ce (the last is s.cand_end[c] - 1).
+inline size_t cand_begin(const Scratch& s, int64_t c) { return c == 0 ? 0 : s.cand_end[c - 1]; }
+
 inline void write_draw(const MaskedSampleParams& p, int64_t b, int64_t k, int64_t l, int64_t token,
                        double logp) {
   p.tokens[(b * p.K + k) * p.L + l] = token;
@@ -295,7 +298,7 @@ inline bool sample_bracket(const Scratch& s, int64_t nb, int64_t sampled, int64_
 template <typename T>
 double bracket_pass(const T* row, const MaskedSampleParams& p, Scratch& s, float t_lo, float t_hi) {
   const float* e = s.e.data();
-  const Vec vlo(t_lo), vhi(t_hi), zero(0.f);
+  const Vec vlo(t_lo), vhi(t_hi);
   double above_total = 0.0;
   size_t n = 0;
   for (int64_t c = 0; c < p.num_blocks; ++c) {
@@ -436,7 +439,7 @@ void top_p_row(const T* row, const MaskedSampleParams& p, int64_t pos, Scratch& 
     const double above = bracket_pass(row, p, s, t_lo, t_hi);
     double inside = 0.0;
     for (int64_t c = 0; c < nb; ++c) {
-      const size_t i = c == 0 ? 0 : s.cand_end[c - 1];
+      const size_t i = cand_begin(s, c);
       inside += sum_double(s.ce.data() + i, s.cand_end[c] - i) * s.scale[c];
     }
     // The answer is in [t_lo, t_hi) exactly when the mass at >= t_hi falls short of the target
@@ -453,7 +456,7 @@ void top_p_row(const T* row, const MaskedSampleParams& p, int64_t pos, Scratch& 
   for (int64_t c = 0; c < nb; ++c) {
     double kept = 0.0;
     if (bracketed) {
-      const size_t i = c == 0 ? 0 : s.cand_end[c - 1];
+      const size_t i = cand_begin(s, c);
       kept =
           s.above[c] +
           kept_exp_sum(s.cx.data() + i, s.ce.data() + i, s.cand_end[c] - i, threshold) * s.scale[c];
