@@ -129,6 +129,31 @@ def test_compiled_sampling_draws_what_eager_draws_and_compiles_once_per_region()
         assert graphs() - before == 1
 
 
+@pytest.mark.slow
+def test_compiled_ar_generate_draws_what_eager_draws_and_never_runs_stale_weights():
+    """generate(compile=True): one frozen graph per weights, reused for every step (no recompile
+    within a run); it draws the eager cached sampler's tokens for the same generator, and after
+    an in-place weight update it recompiles and draws the new weights' tokens, not the old."""
+    _, ar = models()
+    car = compile_forwards(copy.deepcopy(ar))
+    assert car.compile_generate and not getattr(ar, "compile_generate", False)
+    before = graphs()
+    got = car.generate(5, generator=torch.Generator().manual_seed(2))
+    want = ar.generate(5, generator=torch.Generator().manual_seed(2), compile=False)
+    assert torch.equal(got, want) and len(got.unique()) > 3
+    assert graphs() - before == 1  # 16 steps, one graph
+    assert torch.equal(car.generate(5, generator=torch.Generator().manual_seed(2)), got)
+    assert graphs() - before == 1  # a second run reuses it
+    with torch.no_grad():
+        for model in (ar, car):
+            model.output_layer.linear.weight.mul_(-2.0)  # an optimizer's in-place step
+    new = car.generate(5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(new, ar.generate(5, generator=torch.Generator().manual_seed(2)))
+    assert not torch.equal(new, got)
+    with pytest.raises(ValueError, match="compile=True needs cache=True"):
+        ar.generate(2, compile=True, cache=False)
+
+
 @pytest.fixture(scope="module")
 def text(tmp_path_factory):
     root = tmp_path_factory.mktemp("compile-text")

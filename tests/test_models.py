@@ -88,6 +88,23 @@ def test_ar_generate_draws_from_the_model(temperature):
         model.generate(2, temperature=0.0)
 
 
+def test_ar_draw_inverts_the_cdf_and_never_draws_a_zero_probability_token():
+    """ARModel._draw: the first token whose cumulative mass exceeds u times the total, for u at
+    each side of every boundary; u just below 1 (where u * total can round up to the total)
+    and u = 0 still land on a token of positive probability."""
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.5, 0.25, 0.0]], dtype=torch.float64)
+    logits = probs.log()
+    cases = {0.0: 1, 0.2499: 1, 0.2501: 3, 0.7499: 3, 0.7501: 4, 1 - 2**-53: 4}
+    for u, want in cases.items():
+        got = ARModel._draw(logits, torch.tensor([[u]], dtype=torch.float64), 1.0)
+        assert got.tolist() == [[want]], u
+    # at a temperature, the CDF of softmax(logits / T): T = 0.5 squares the odds
+    tempered = torch.tensor([[0.0, 1.0, 0.0, 4.0, 1.0, 0.0]]) / 6
+    for u, want in {1 / 6 - 1e-9: 1, 1 / 6 + 1e-9: 3, 5 / 6 - 1e-9: 3, 5 / 6 + 1e-9: 4}.items():
+        got = ARModel._draw(logits, torch.tensor([[u]], dtype=torch.float64), 0.5)
+        assert got.tolist() == [[want]], (u, tempered)
+
+
 def test_ar_kv_cache_matches_the_full_forward():
     """The KV-cached path gives the full forward's logits (one token at a time, and a block of
     positions at once through the causal mask), and generate draws the same tokens with and
@@ -106,6 +123,14 @@ def test_ar_kv_cache_matches_the_full_forward():
         first = model._step(inputs[:, :100], caches, 0, cos, sin)  # a block: the causal mask
         rest = [model._step(inputs[:, p : p + 1], caches, p, cos, sin) for p in range(100, L)]
     torch.testing.assert_close(torch.cat([first, *rest], dim=1), full, rtol=1e-4, atol=1e-4)
+    # The static-shape form (a tensor position, every cache slot attended, later ones masked):
+    # what generate(compile=True) compiles, run eagerly here.
+    caches = [KVCache(3, H, L, D // H, torch.float32, x.device) for _ in model.blocks]
+    with torch.no_grad():
+        static = [
+            model._step(inputs[:, p : p + 1], caches, torch.tensor([p]), cos, sin) for p in range(L)
+        ]
+    torch.testing.assert_close(torch.cat(static, dim=1), full, rtol=1e-4, atol=1e-4)
     a = model.generate(4, generator=torch.Generator().manual_seed(5))
     b = model.generate(4, generator=torch.Generator().manual_seed(5), cache=False)
     assert torch.equal(a, b)

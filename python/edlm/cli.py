@@ -72,8 +72,9 @@ SHARED = {
         "--compile",
         dict(
             action="store_true",
-            help="torch.compile the denoiser, energy and AR forwards (our transformer models; the "
-            "oracle and Hugging Face models stay eager). The first call compiles (tens of seconds "
+            help="torch.compile the denoiser, energy and AR forwards, and an AR row's cached "
+            "sampling step (our transformer models; the oracle and Hugging Face models stay "
+            "eager). The first call compiles (tens of seconds "
             "on a CPU, BENCHMARKS.md), and needs a C++ compiler on a CPU",
         ),
     ),
@@ -697,8 +698,8 @@ def cmd_sweep(argv: list[str]) -> int:
         "edlm-oracle": "oracle:",
     }
     methods = _methods(wanted, specs, denoiser.mask_id, vocab, device)
-    if args.compile:  # an AR row's ancestral sampler (KV cache) stays eager
-        for model in [denoiser] + [m.energy for m in methods]:
+    if args.compile:  # an AR row's cached ancestral step too (ARModel.generate)
+        for model in [denoiser] + [m.energy for m in methods] + [m.ar for m in methods]:
             compile_forwards(model)
     tok = tokenizer_of(cfg) if cfg is not None else CharTokenizer()
     oracle = austen_oracle() if args.suite == "oracle" or args.denoiser == "oracle" else None

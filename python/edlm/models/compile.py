@@ -67,7 +67,9 @@ def compile_forwards(model):
     between train and eval mode, or grad and no-grad, compiles once more. An NCE energy's frozen
     proposal denoiser is compiled too. Compilation happens at the first call, which is slow
     (BENCHMARKS.md); there, a failure raises CompileError with torch's first line. Copy a model
-    before compiling it, not after: the compiled methods are bound to the model they came from."""
+    before compiling it, not after: the compiled methods are bound to the model they came from.
+    An AR model's `generate` then runs its cached step compiled too, weights frozen in
+    (ARModel.generate's `compile`), so an AR row of a sweep is compiled as well."""
     for kind, names in METHODS.items():
         if isinstance(model, kind):
             if isinstance(model, AREnergy) and not isinstance(model.ar, ARModel):
@@ -77,6 +79,8 @@ def compile_forwards(model):
                     continue  # compiled already (a model shared by two callers)
                 qualified = f"{type(model).__name__}.{name}"
                 setattr(model, name, _compiled(getattr(model, name), qualified))
+            if isinstance(model, ARModel):  # generate's cached step too (ARModel.generate)
+                model.compile_generate = True
             for proposal in getattr(model, "_proposal", ()):
                 compile_forwards(proposal)
             return model

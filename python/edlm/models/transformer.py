@@ -51,13 +51,29 @@ class KVCache:
         self.k = torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int):
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos):
+        """With a tensor `pos` ([1] int64, static shapes: the compiled decode step), writes one
+        position there and returns the whole buffers, whose slots past `pos` the caller masks."""
+        if isinstance(pos, torch.Tensor):
+            self.k.index_copy_(2, pos, k)
+            self.v.index_copy_(2, pos, v)
+            return self.k, self.v
         end = pos + k.shape[2]
         if end > self.k.shape[2]:
             raise ValueError(f"KVCache: position {end - 1} is past the cache's {self.k.shape[2]}")
         self.k[:, :, pos:end] = k
         self.v[:, :, pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def _attend_static(q, k, v, pos):
+    """Attention of one query [B, H, 1, Dh] (at position pos, a [1] tensor) over a whole static
+    cache [B, H, max_len, Dh], the slots after pos masked out. Written as plain reductions rather
+    than scaled_dot_product_attention so that inductor fuses it into the compiled decode step."""
+    scores = (q * k).sum(-1) * k.shape[-1] ** -0.5  # [B, H, max_len]
+    later = torch.arange(k.shape[2], device=k.device) > pos
+    weights = scores.float().masked_fill(later, float("-inf")).softmax(-1).to(v.dtype)
+    return (weights[..., None] * v).sum(2, keepdim=True)
 
 
 class Block(nn.Module):
@@ -94,7 +110,8 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, c=None, cache: KVCache | None = None, pos: int = 0):
         """x [B, L, D]; cos, sin [L, Dh] for its positions. With `cache` (causal blocks only), x
         holds positions pos .. pos + L - 1: their keys and values are written into the cache and
-        the queries attend to every cached position up to their own."""
+        the queries attend to every cached position up to their own. A tensor `pos` ([1] int64)
+        is the static-shape form of one new position (L = 1), for the compiled decode step."""
         B, L, D = x.shape
         if self.adaLN_modulation is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
@@ -108,12 +125,15 @@ class Block(nn.Module):
         if cache is None:
             h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
-            k, v = cache.update(k, v, pos)  # [B, H, pos + L, Dh]
-            mask = None
-            if L > 1:  # query i (position pos + i) sees keys 0 .. pos + i
-                keys = torch.arange(pos + L, device=x.device)
-                mask = keys[None, :] <= (pos + torch.arange(L, device=x.device))[:, None]
-            h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            k, v = cache.update(k, v, pos)  # [B, H, pos + L, Dh], or every slot
+            if isinstance(pos, torch.Tensor):  # static shapes: one query, the slots past pos masked
+                h = _attend_static(q, k, v, pos)
+            else:
+                mask = None
+                if L > 1:  # query i (position pos + i) sees keys 0 .. pos + i
+                    keys = torch.arange(pos + L, device=x.device)
+                    mask = keys[None, :] <= (pos + torch.arange(L, device=x.device))[:, None]
+                h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         h = self.attn_out(h.transpose(1, 2).reshape(B, L, D))
         h = F.dropout(h, self.dropout, self.training)
         if self.adaLN_modulation is not None:
