@@ -1,6 +1,6 @@
 """Builds edlm and its extension edlm._C against the torch already installed.
 
-CPU kernels are compiled once per instruction set (DEFAULT, AVX2) and picked at run time; CUDA
+CPU kernels are compiled once per instruction set (DEFAULT, AVX2, AVX512) and picked at run time; CUDA
 kernels are added when torch has CUDA and nvcc is found (EDLM_CUDA=0/1 overrides). Sources are
 listed in csrc/sources.txt, which CMakeLists.txt reads too.
 """
@@ -34,6 +34,17 @@ except ImportError:
 ISA_FLAGS = {
     "DEFAULT": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"],
     "AVX2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    "AVX512": [
+        "-DCPU_CAPABILITY=AVX512",
+        "-DCPU_CAPABILITY_AVX512",
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mavx2",
+        "-mfma",
+        "-mf16c",
+    ],
 }
 CXX_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden"]
 

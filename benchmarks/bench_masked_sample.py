@@ -10,6 +10,8 @@ import torch
 
 from edlm import ops, reference
 
+# The kernels' vector instruction sets on this CPU (DEFAULT, the scalar fallback, left out)
+ISAS = [isa for isa in ops.cpu_capabilities() if isa != "default"] or ["default"]
 B, L, V = 4, 256, 50258
 MASK = V - 1
 GROUP = f"masked_sample B={B} L={L} V={V}"
@@ -90,9 +92,11 @@ def test_floor(benchmark, table, data, dtype):
     )
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("K", [1, 8])
-def test_fused(benchmark, table, data, dtype, K):
+def test_fused(benchmark, table, data, dtype, K, isa, monkeypatch):
+    monkeypatch.setenv("EDLM_CPU_CAPABILITY", isa)
     logits, xt = data
     logits = logits.to(dtype)
     check(logits, xt, K)
@@ -100,7 +104,7 @@ def test_fused(benchmark, table, data, dtype, K):
     table.add(
         benchmark,
         GROUP,
-        f"edlm.ops.masked_sample {name} K={K}",
+        f"edlm.ops.masked_sample {name} K={K} {isa}",
         lambda: ops.masked_sample(logits, xt, MASK, num_samples=K),
     )
 

@@ -7,6 +7,8 @@ import torch
 
 from edlm import ops, reference
 
+# The kernels' vector instruction sets on this CPU (DEFAULT, the scalar fallback, left out)
+ISAS = [isa for isa in ops.cpu_capabilities() if isa != "default"] or ["default"]
 N, L, V = 4, 256, 50258
 GROUP = f"sequence_logprob N={N} L={L} V={V}"
 
@@ -58,8 +60,10 @@ def test_floor(benchmark, table, data, dtype):
     )
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_fused(benchmark, table, data, dtype):
+def test_fused(benchmark, table, data, dtype, isa, monkeypatch):
+    monkeypatch.setenv("EDLM_CPU_CAPABILITY", isa)
     logits, tokens, weight = data
     logits = logits.to(dtype)
     out = ops.sequence_logprob(logits, tokens, weight)
@@ -70,6 +74,6 @@ def test_fused(benchmark, table, data, dtype):
     table.add(
         benchmark,
         GROUP,
-        f"edlm.ops.sequence_logprob {name}",
+        f"edlm.ops.sequence_logprob {name} {isa}",
         lambda: ops.sequence_logprob(logits, tokens, weight),
     )

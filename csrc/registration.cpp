@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 #include <array>
+#include <string>
+#include <vector>
 
 #include "kernels/kernels.h"
 #include "philox.h"
@@ -28,7 +30,16 @@ PYBIND11_MODULE(_C, module) {
   module.doc() = "edlm's compiled ops; importing it registers torch.ops.edlm.*";
   module.def(
       "cpu_capability", [] { return std::string(edlm::cpu::isa_name(edlm::cpu::active_isa())); },
-      "The instruction set the CPU kernels use now ('avx2' or 'default').");
+      "The instruction set the CPU kernels use now ('avx512', 'avx2' or 'default').");
+  module.def(
+      "cpu_capabilities",
+      [] {
+        std::vector<std::string> names;
+        for (const auto isa : edlm::cpu::supported_isas())
+          names.emplace_back(edlm::cpu::isa_name(isa));
+        return names;
+      },
+      "Every instruction set the CPU kernels can use on this CPU, narrowest first.");
   module.def(
       "philox4x32_10",
       [](std::array<uint32_t, 4> counter, uint64_t key) {

@@ -28,18 +28,16 @@ DEVICES = [
 
 
 def _device_isa_params():
-    old = os.environ.pop("EDLM_CPU_CAPABILITY", None)
-    try:
-        native = edlm.ops.cpu_capability()
-    finally:
-        if old is not None:
-            os.environ["EDLM_CPU_CAPABILITY"] = old
-    avx2 = pytest.mark.skipif(native != "avx2", reason="CPU lacks AVX2")
-    return [
-        pytest.param(("cpu", "default"), id="cpu-default"),
-        pytest.param(("cpu", "avx2"), marks=avx2, id="cpu-avx2"),
-        pytest.param(("cuda", None), marks=DEVICES[1].marks, id="cuda"),
+    have = edlm.ops.cpu_capabilities()
+    cpu = [
+        pytest.param(
+            ("cpu", isa),
+            marks=pytest.mark.skipif(isa not in have, reason=f"CPU lacks {isa}"),
+            id=f"cpu-{isa}",
+        )
+        for isa in ("default", "avx2", "avx512")
     ]
+    return [*cpu, pytest.param(("cuda", None), marks=DEVICES[1].marks, id="cuda")]
 
 
 @pytest.fixture(params=DEVICES)

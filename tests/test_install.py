@@ -3,6 +3,7 @@ and the extension registers every op with a CPU kernel."""
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import edlm
@@ -45,12 +46,24 @@ def test_philox_known_answers():
 
 
 def test_cpu_capability_override(monkeypatch):
+    have = edlm.ops.cpu_capabilities()
+    assert have[0] == "default" and set(have) <= {"default", "avx2", "avx512"}
+    assert "avx512" not in have or "avx2" in have
+    monkeypatch.delenv("EDLM_CPU_CAPABILITY", raising=False)
+    assert edlm.ops.cpu_capability() == have[-1]  # the widest by default
+    for isa in have:
+        monkeypatch.setenv("EDLM_CPU_CAPABILITY", isa)
+        assert edlm.ops.cpu_capability() == isa
+    for isa in {"avx2", "avx512"} - set(have):  # one this CPU lacks: an error naming it
+        monkeypatch.setenv("EDLM_CPU_CAPABILITY", isa)
+        with pytest.raises(RuntimeError, match=f"EDLM_CPU_CAPABILITY={isa}, but this CPU lacks"):
+            edlm.ops.cpu_capability()
     monkeypatch.setenv("EDLM_CPU_CAPABILITY", "default")
     assert edlm.ops.cpu_capability() == "default"
     monkeypatch.setenv("EDLM_CPU_CAPABILITY", "sse9")
     try:
         edlm.ops.cpu_capability()
     except RuntimeError as e:
-        assert "EDLM_CPU_CAPABILITY must be 'default' or 'avx2', got 'sse9'" in str(e)
+        assert "EDLM_CPU_CAPABILITY must be 'default', 'avx2' or 'avx512', got 'sse9'" in str(e)
     else:
         raise AssertionError("a bad EDLM_CPU_CAPABILITY was accepted")

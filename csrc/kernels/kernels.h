@@ -1,10 +1,11 @@
 // Parameters and entry points of the vectorized CPU kernels. Each kernel file under csrc/kernels/
-// is compiled once per instruction set (DEFAULT, AVX2) into namespace edlm::cpu::<ISA>, and
+// is compiled once per instruction set (DEFAULT, AVX2, AVX512) into namespace edlm::cpu::<ISA>, and
 // csrc/cpu_capability.cpp picks one at run time, as ATen's DispatchStub does.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 namespace edlm::cpu {
 
@@ -64,22 +65,34 @@ struct SequenceLogprobParams {
 
 EDLM_DECLARE_CPU_KERNELS(DEFAULT)
 EDLM_DECLARE_CPU_KERNELS(AVX2)
+EDLM_DECLARE_CPU_KERNELS(AVX512)
 #undef EDLM_DECLARE_CPU_KERNELS
 
-// The instruction set the kernels run with: "avx2" where the CPU has AVX2 and FMA, else "default";
-// the environment variable EDLM_CPU_CAPABILITY=default|avx2 overrides (read at every call).
-enum class Isa { kDefault, kAvx2 };
+// The instruction set the kernels run with: the widest of "avx512" (AVX-512 F, BW, VL and DQ, with
+// AVX2, FMA and F16C), "avx2" (AVX2, FMA, F16C) and "default" that the CPU has; the environment
+// variable EDLM_CPU_CAPABILITY=default|avx2|avx512 overrides (read at every call).
+enum class Isa { kDefault, kAvx2, kAvx512 };
 Isa active_isa();
 const char* isa_name(Isa isa);
+std::vector<Isa> supported_isas();  // what this CPU can run, narrowest first
 
-inline void masked_sample_dispatch(const MaskedSampleParams& p) {
-  active_isa() == Isa::kAvx2 ? AVX2::masked_sample(p) : DEFAULT::masked_sample(p);
-}
+#define EDLM_DISPATCH(fn, ...)         \
+  switch (active_isa()) {              \
+    case Isa::kAvx512:                 \
+      return AVX512::fn(__VA_ARGS__);  \
+    case Isa::kAvx2:                   \
+      return AVX2::fn(__VA_ARGS__);    \
+    default:                           \
+      return DEFAULT::fn(__VA_ARGS__); \
+  }
+
+inline void masked_sample_dispatch(const MaskedSampleParams& p) { EDLM_DISPATCH(masked_sample, p); }
 inline void exp_array_dispatch(const float* x, int64_t n, float* out) {
-  active_isa() == Isa::kAvx2 ? AVX2::exp_array(x, n, out) : DEFAULT::exp_array(x, n, out);
+  EDLM_DISPATCH(exp_array, x, n, out);
 }
 inline void sequence_logprob_dispatch(const SequenceLogprobParams& p) {
-  active_isa() == Isa::kAvx2 ? AVX2::sequence_logprob(p) : DEFAULT::sequence_logprob(p);
+  EDLM_DISPATCH(sequence_logprob, p);
 }
+#undef EDLM_DISPATCH
 
 }  // namespace edlm::cpu

@@ -17,7 +17,9 @@
 namespace edlm::cpu::CPU_CAPABILITY {
 
 const char* name() {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+  return "avx512";
+#elif defined(CPU_CAPABILITY_AVX2)
   return "avx2";
 #else
   return "default";

@@ -1,7 +1,7 @@
 // CPU kernel of edlm::masked_sample with top_k / top_p, compiled once per instruction set (see
-// kernels.h). The law: softmax(logits / T) restricted to the tokens at or above a threshold logit,
-// top-k first, then the smallest head holding top_p of the renormalized top-k mass, all tokens tied
-// at the threshold kept. No sort of the row:
+// kernels.h; the AVX-512 build calls the AVX2 one, below). The law: softmax(logits / T) restricted
+// to the tokens at or above a threshold logit, top-k first, then the smallest head holding top_p of
+// the renormalized top-k mass, all tokens tied at the threshold kept. No sort of the row:
 // - top_k: one max-only read of the row. The k-th largest block max bounds the threshold from
 //   below, so only the few tokens at or above it are gathered, and the draws run over them with
 //   fp64 weights (no exponential of the rest of the row).
@@ -22,6 +22,14 @@
 #include "masked_sample_common.h"
 
 namespace edlm::cpu::CPU_CAPABILITY {
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The AVX-512 build runs the AVX2 code: on this project's CPU (AMD EPYC, Zen 4) the same kernel
+// compiled for AVX-512 drew top_p = 0.9 on flat logits 25-40% slower than the AVX2 build, through
+// its bracket pass, which neither native mask registers, a branch on empty vectors nor the AVX2
+// table permute per half recovered (BENCHMARKS.md, session 7). top_k and both together were even.
+void masked_sample_truncated(const MaskedSampleParams& p) { AVX2::masked_sample_truncated(p); }
+#else
 
 namespace {
 
@@ -505,5 +513,7 @@ void masked_sample_truncated(const MaskedSampleParams& p) {
   with_logits_type(p.dtype, p.logits,
                    [&](auto* logits) { masked_sample_truncated_impl(logits, p); });
 }
+
+#endif  // CPU_CAPABILITY_AVX512
 
 }  // namespace edlm::cpu::CPU_CAPABILITY

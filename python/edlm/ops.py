@@ -10,7 +10,13 @@ import torch
 
 from . import _C
 
-__all__ = ["cpu_capability", "importance_resample", "masked_sample", "sequence_logprob"]
+__all__ = [
+    "cpu_capabilities",
+    "cpu_capability",
+    "importance_resample",
+    "masked_sample",
+    "sequence_logprob",
+]
 
 
 def masked_sample(
@@ -145,8 +151,14 @@ def importance_resample(
 
 
 def cpu_capability() -> str:
-    """The instruction set the CPU kernels use: 'avx2' or 'default' (env EDLM_CPU_CAPABILITY)."""
+    """The instruction set the CPU kernels use: 'avx512', 'avx2' or 'default', the widest this CPU
+    has unless the environment variable EDLM_CPU_CAPABILITY names another."""
     return _C.cpu_capability()
+
+
+def cpu_capabilities() -> list[str]:
+    """Every instruction set the CPU kernels can use on this CPU, narrowest first."""
+    return list(_C.cpu_capabilities())
 
 
 @torch.library.register_fake("edlm::masked_sample")
