@@ -270,3 +270,16 @@ def test_a_compiler_failure_is_one_line(tmp_path):
         "edlm sample: --compile failed: torch.compile of Denoiser.forward failed: "
     ), lines
     assert "C++ compiler" in lines[0]
+
+
+def test_sweep_compile_reaches_the_ar_rows(tmp_path, monkeypatch):
+    """`edlm sweep --compile` hands an `ar` row's model to compile_forwards too (which makes its
+    generate compile the cached step: test_compiled_ar_generate_...). Recorded, not compiled."""
+    import edlm.cli
+
+    seen = []
+    monkeypatch.setattr(edlm.cli, "compile_forwards", lambda m: seen.append(m) or m)
+    argv = ["sweep", "--compile", "--methods", "ar", "--num", "1", "--batch-size", "1"]
+    argv += ["--judge", "none", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert any(isinstance(m, ARModel) for m in seen) and any(isinstance(m, Denoiser) for m in seen)
