@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .compile_error import CompileError, first_line
 from .transformer import Block, EmbeddingLayer, FinalLayer, KVCache, rotary_cos_sin
 
 # ARModel -> (the weights' state it was made from, its compiled decode step): see _compiled_decode
@@ -199,13 +200,11 @@ class ARModel(nn.Module):
 def _first_compiled_step(step, *args):
     """The compiled step's first call, where torch.compile runs: its failure is a CompileError
     with torch's first line, and inductor's own deprecation warnings are not the user's."""
-    from .compile import CompileError, _first_line
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
         try:
             return step(*args)
         except torch._dynamo.exc.TorchDynamoException as e:
             raise CompileError(
-                f"torch.compile of ARModel's decode step failed: {_first_line(e)}"
+                f"torch.compile of ARModel's decode step failed: {first_line(e)}"
             ) from e

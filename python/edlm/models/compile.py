@@ -9,14 +9,11 @@ import functools
 import torch
 
 from .ar import ARModel
+from .compile_error import CompileError, first_line
 from .denoiser import Denoiser
 from .energy import AREnergy, EnergyModel
 
 __all__ = ["CompileError", "compile_forwards"]
-
-
-class CompileError(RuntimeError):
-    """torch.compile is unavailable here or failed on a model (e.g. no working C++ compiler)."""
 
 
 # Per model type, the methods compiled (as instance attributes, so the parameters, their names and
@@ -35,7 +32,7 @@ def _compiled(fn, name: str):
     try:
         compiled = torch.compile(fn, fullgraph=True)  # dynamic=None: see compile_forwards
     except Exception as e:  # unsupported Python or platform: raised by torch.compile itself
-        raise CompileError(f"torch.compile is unavailable: {_first_line(e)}") from e
+        raise CompileError(f"torch.compile is unavailable: {first_line(e)}") from e
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
@@ -44,15 +41,10 @@ def _compiled(fn, name: str):
         try:
             return compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as e:  # tracing or the backend failed
-            raise CompileError(f"torch.compile of {name} failed: {_first_line(e)}") from e
+            raise CompileError(f"torch.compile of {name} failed: {first_line(e)}") from e
 
     call.edlm_compiled = True
     return call
-
-
-def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def compile_forwards(model):
