@@ -25,9 +25,9 @@ namespace edlm::cpu::CPU_CAPABILITY {
 
 #if defined(CPU_CAPABILITY_AVX512)
 // The AVX-512 build runs the AVX2 code: on this project's CPU (AMD EPYC, Zen 4) the same kernel
-// compiled for AVX-512 drew top_p = 0.9 on flat logits 25-40% slower than the AVX2 build, through
-// its bracket pass, which neither native mask registers, a branch on empty vectors nor the AVX2
-// table permute per half recovered (BENCHMARKS.md, session 7). top_k and both together were even.
+// compiled for AVX-512 drew top_p = 0.9 on flat logits 25-40% slower than the AVX2 build, the loss
+// in its bracket pass, which five rewrites of the compress step did not recover (BENCHMARKS.md,
+// session 7); top_k, alone or with top_p, was 0-15% slower.
 void masked_sample_truncated(const MaskedSampleParams& p) { AVX2::masked_sample_truncated(p); }
 #else
 
